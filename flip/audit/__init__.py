@@ -1,0 +1,1 @@
+"""Audit records of a run: the manifest, and later verify / reproduce / diff."""

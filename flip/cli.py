@@ -1,0 +1,168 @@
+"""The `flip` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from flip import __version__
+from flip.errors import FlipError
+
+
+def _split_recipe(items: list[str]) -> tuple[str | None, list[str]]:
+    """The first item names a recipe unless it looks like a Hydra override (`key=value`, `+k`, `~k`)."""
+    if items and "=" not in items[0] and not items[0].startswith(("+", "~")):
+        return items[0], items[1:]
+    return None, items
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flip.config.recipes import resolve_recipe
+    from flip.config.validate import validate, validate_sweep
+    from flip.launch import launch
+
+    name, overrides = _split_recipe(args.items)
+    recipe = resolve_recipe(name)
+    if args.multirun:
+        validate_sweep(recipe, overrides)
+    else:
+        validate(recipe, overrides)
+    launch(recipe, overrides, multirun=args.multirun)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from flip.config.recipes import resolve_recipe
+    from flip.config.validate import validate_sweep
+    from flip.console import console
+
+    name, overrides = _split_recipe(args.items)
+    recipe = resolve_recipe(name)
+    jobs = validate_sweep(recipe, overrides)
+    console.print(f"valid: {recipe.name}" + (f" ({jobs} sweep jobs)" if jobs > 1 else ""))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from flip.config.recipes import resolve_recipe
+    from flip.config.validate import validate
+
+    name, overrides = _split_recipe(args.items)
+    cfg = validate(resolve_recipe(name), overrides)
+    sys.stdout.write(OmegaConf.to_yaml(cfg, resolve=not args.raw))
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from flip.config.recipes import list_recipes
+    from flip.console import console
+    from flip.paths import DEFAULT_RECIPE
+
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("recipe")
+    table.add_column("what it does")
+    for recipe in list_recipes():
+        marker = " (default)" if recipe.name == DEFAULT_RECIPE else ""
+        table.add_row(recipe.name + marker, recipe.description)
+    console.print(table)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from flip.report import build_report, print_report
+
+    report = build_report([Path(path) for path in args.paths], Path(args.out) if args.out else None)
+    print_report(report)
+    return 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from flip.console import console
+    from flip.data.synthetic import write_synthetic_dicom
+
+    out = write_synthetic_dicom(
+        Path(args.out),
+        num_sites=args.sites,
+        images_per_site=args.images_per_site,
+        image_size=args.image_size,
+        seed=args.seed,
+    )
+    console.print(f"wrote synthetic DICOM data for {args.sites} site(s) to [bold]{out}[/bold]")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flip", description="Declarative federated learning for healthcare.")
+    parser.add_argument("--version", action="version", version=f"flip {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full stack traces for errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    items_help = "a recipe (path or name from `flip ls`), then Hydra overrides such as trainer.max_epochs=3"
+    run = commands.add_parser("run", help="run a recipe (the default recipe without one)", description="Run a recipe.")
+    run.add_argument("items", nargs="*", metavar="[RECIPE] [OVERRIDES]", help=items_help)
+    run.add_argument("-m", "--multirun", action="store_true", help="sweep: one run per combination of values")
+    run.set_defaults(handler=cmd_run)
+
+    validate = commands.add_parser("validate", help="check a recipe and overrides; list every problem")
+    validate.add_argument("items", nargs="*", metavar="[RECIPE] [OVERRIDES]", help=items_help)
+    validate.add_argument("-m", "--multirun", action="store_true", help="accepted for symmetry with run")
+    validate.set_defaults(handler=cmd_validate)
+
+    show = commands.add_parser("show", help="print the fully resolved config as YAML")
+    show.add_argument("items", nargs="*", metavar="[RECIPE] [OVERRIDES]", help=items_help)
+    show.add_argument("--raw", action="store_true", help="keep ${...} interpolations unresolved")
+    show.set_defaults(handler=cmd_show)
+
+    ls = commands.add_parser("ls", help="list recipes with what each does")
+    ls.set_defaults(handler=cmd_ls)
+
+    report = commands.add_parser("report", help="compare runs or a sweep: report.md, report.csv, report.png")
+    report.add_argument("paths", nargs="+", metavar="DIR", help="run directories, sweep directories, or folders holding them")
+    report.add_argument("--out", help="where to write the report (default: DIR when one is given, else here)")
+    report.set_defaults(handler=cmd_report)
+
+    data = commands.add_parser("data", help="data tools: synthetic data sets")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    synth = data_commands.add_parser("synth", help="write a synthetic multi-site DICOM data set")
+    synth.add_argument("--out", default="synthetic-dicom", help="output folder (default: %(default)s)")
+    synth.add_argument("--sites", type=int, default=3, help="number of sites (default: %(default)s)")
+    synth.add_argument("--images-per-site", type=int, default=240, help="mean images per site (default: %(default)s)")
+    synth.add_argument("--image-size", type=int, default=64, help="image side in pixels (default: %(default)s)")
+    synth.add_argument("--seed", type=int, default=0, help="generator seed (default: %(default)s)")
+    synth.set_defaults(handler=cmd_data_synth)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Options may sit between overrides (`flip run r a=1 -m b=2`): argparse leaves the rest over.
+    unknown = [item for item in extra if item.startswith("-")]
+    if unknown or (extra and not hasattr(args, "items")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if extra:
+        args.items = [*args.items, *extra]
+    if args.debug:
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        return args.handler(args)
+    except FlipError as error:
+        if args.debug:
+            raise
+        from flip.console import print_problems
+
+        print_problems(f"flip: {error}")
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("flip: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Config schemas, recipe discovery, composition and validation."""

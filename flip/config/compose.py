@@ -1,0 +1,44 @@
+"""Composing a recipe with Hydra's compose API, with flip's config tree on the search path."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+from flip.config import schema
+from flip.paths import CONF_DIR
+
+
+def searchpath_override() -> str:
+    """The Hydra override that puts flip's `conf/` tree behind the recipe's own folder."""
+    return f"hydra.searchpath=[file://{CONF_DIR}]"
+
+
+@contextmanager
+def recipe_context(recipe: Path, lenient: bool = False) -> Iterator[GlobalHydra]:
+    """Initialise Hydra for one recipe; schemas are swapped for markers when lenient."""
+    schema.register(lenient=lenient)
+    try:
+        with initialize_config_dir(config_dir=str(recipe.parent), version_base="1.3", job_name=recipe.stem):
+            yield GlobalHydra.instance()
+    finally:
+        if lenient:
+            schema.register(lenient=False)
+
+
+def compose_recipe(recipe: Path, overrides: list[str], lenient: bool = False) -> DictConfig:
+    """Compose `recipe` with Hydra overrides (without the `hydra` node)."""
+    with recipe_context(recipe, lenient=lenient):
+        return compose(config_name=recipe.stem, overrides=[*overrides, searchpath_override()])
+
+
+def group_options(recipe: Path, group: str) -> list[str]:
+    """Options of a config group as seen from `recipe` (empty when `group` is not a group)."""
+    with recipe_context(recipe) as hydra:
+        loader = hydra.config_loader()
+        return loader.get_group_options(group, config_name=recipe.stem, overrides=[searchpath_override()])

@@ -1,0 +1,141 @@
+"""Rules that span config groups, checked after every key has the right type."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from flip.config.schema import METRIC_NAMES
+from flip.config.strategies import strategy_problems
+from flip.data.partition import KINDS
+
+BY_SITE_SOURCES = ("folder", "column", "attribute")
+
+IMPLEMENTED_MODES = ("local", "simulation")
+IMPLEMENTED_PRIVACY = ("none",)
+
+
+def _mode(cfg: DictConfig) -> list[str]:
+    mode = cfg.federation.mode
+    if mode not in IMPLEMENTED_MODES:
+        return [f"federation.mode: '{mode}' is not a federation mode (available: {', '.join(IMPLEMENTED_MODES)})"]
+    return []
+
+
+def _privacy(cfg: DictConfig) -> list[str]:
+    mechanism = cfg.privacy.mechanism
+    if mechanism not in IMPLEMENTED_PRIVACY:
+        return [f"privacy.mechanism: '{mechanism}' is not a privacy mechanism (available: {', '.join(IMPLEMENTED_PRIVACY)})"]
+    return []
+
+
+def _metrics(cfg: DictConfig) -> list[str]:
+    problems = [
+        f"model.metrics: unknown metric '{name}' (available: {', '.join(METRIC_NAMES)})"
+        for name in cfg.model.get("metrics", [])
+        if name not in METRIC_NAMES
+    ]
+    monitorable = ["val/loss", *(f"val/{name}" for name in cfg.model.get("metrics", []))]
+    if cfg.monitor not in monitorable:
+        problems.append(f"monitor: '{cfg.monitor}' is not a metric this model reports (available: {', '.join(monitorable)})")
+    return problems
+
+
+def _model(cfg: DictConfig) -> list[str]:
+    pool = cfg.model.get("global_pool")
+    if pool is not None and pool not in ("max", "avg"):
+        return [f"model.global_pool: must be max or avg, got '{pool}'"]
+    return []
+
+
+def _splits(cfg: DictConfig) -> list[str]:
+    data = cfg.data
+    problems = [
+        f"data.{key}: must be in [0, 1), got {data[key]}"
+        for key in ("val_fraction", "test_fraction")
+        if key in data and not 0 <= data[key] < 1
+    ]
+    if not problems and "val_fraction" in data and data.val_fraction + data.test_fraction >= 1:
+        problems.append(
+            f"data.val_fraction + data.test_fraction: must leave data to train on, got "
+            f"{data.val_fraction} + {data.test_fraction}"
+        )
+    return problems
+
+
+def _data_source(cfg: DictConfig) -> list[str]:
+    if "root" in cfg.data and cfg.data.root is None and not cfg.data.get("synthetic"):
+        return ["data.root: null needs data.synthetic (generated data); otherwise set the folder of this site's data"]
+    return []
+
+
+def _positive(cfg: DictConfig) -> list[str]:
+    checks = {
+        "seed": (cfg.seed, 0),
+        "threads": (cfg.threads, 1),
+        "model.num_classes": (cfg.model.get("num_classes"), 2),
+        "data.batch_size": (cfg.data.get("batch_size"), 1),
+        "data.image_size": (cfg.data.get("image_size"), 4),
+        "trainer.max_epochs": (cfg.trainer.get("max_epochs"), 1),
+    }
+    return [
+        f"{key}: must be at least {minimum}, got {value}"
+        for key, (value, minimum) in checks.items()
+        if isinstance(value, (int, float)) and value < minimum
+    ]
+
+
+def _federation(cfg: DictConfig) -> list[str]:
+    federation = cfg.federation
+    if federation.mode == "local":
+        return []
+    problems = []
+    if federation.num_sites < 2:
+        problems.append(f"federation.num_sites: a {federation.mode} run needs at least 2 sites, got {federation.num_sites}")
+    if not 1 <= federation.min_successful_sites <= federation.num_sites:
+        problems.append(
+            f"federation.min_successful_sites: must be between 1 and federation.num_sites "
+            f"({federation.num_sites}), got {federation.min_successful_sites}"
+        )
+    if federation.num_rounds < 1:
+        problems.append(f"federation.num_rounds: must be at least 1, got {federation.num_rounds}")
+    if federation.local_epochs < 1 and federation.local_steps is None:
+        problems.append(f"federation.local_epochs: must be at least 1, got {federation.local_epochs}")
+    if federation.local_steps is not None and federation.local_steps < 1:
+        problems.append(f"federation.local_steps: must be at least 1 or null, got {federation.local_steps}")
+    if federation.cpus_per_site <= 0:
+        problems.append(f"federation.cpus_per_site: must be positive, got {federation.cpus_per_site}")
+    return problems + strategy_problems(cfg.strategy, federation.num_sites)
+
+
+def _partition(cfg: DictConfig) -> list[str]:
+    partition = cfg.partition
+    problems = []
+    if partition.kind not in KINDS:
+        problems.append(f"partition.kind: '{partition.kind}' is not a partition (available: {', '.join(KINDS)})")
+    if partition.kind == "by_site":
+        if partition.source not in BY_SITE_SOURCES:
+            problems.append(f"partition.source: '{partition.source}' is not one of {', '.join(BY_SITE_SOURCES)}")
+        elif partition.source != "folder" and not partition.name:
+            problems.append(f"partition.name: by_site from a {partition.source} needs the {partition.source}'s name")
+    if partition.kind in ("dirichlet", "quantity") and partition.alpha <= 0:
+        problems.append(f"partition.alpha: must be positive, got {partition.alpha}")
+    return problems
+
+
+RULES: tuple[Callable[[DictConfig], list[str]], ...] = (
+    _mode, _privacy, _metrics, _model, _splits, _data_source, _positive, _federation, _partition
+)
+
+
+def rule_problems(cfg: DictConfig) -> list[str]:
+    """Problems found by every rule; a rule that trips over a value already reported as bad is skipped."""
+    problems = []
+    for rule in RULES:
+        try:
+            problems += rule(cfg)
+        except (TypeError, AttributeError, KeyError, ValueError, OmegaConfBaseException):
+            continue
+    return problems

@@ -1,0 +1,185 @@
+"""Dataclass schemas for every config option, registered in Hydra's ConfigStore.
+
+Each option file under ``conf/<group>/`` starts with ``defaults: [/schema/<group>/<name>@_here_]``,
+so Hydra checks keys and types when it composes. ``register(lenient=True)`` swaps each schema
+for a marker naming it; flip's validator then checks the plain config against the same
+dataclasses itself and reports every problem instead of stopping at the first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, SI
+
+from flip.config.strategies import STRATEGY_SCHEMAS
+
+SCHEMA_MARKER = "_schema_"
+METRIC_NAMES = ("accuracy", "auroc", "f1", "precision", "recall")
+
+
+class MonitorMode(Enum):
+    min = "min"
+    max = "max"
+
+
+@dataclass
+class FlipConfig:
+    """Root keys that do not belong to any group."""
+
+    seed: int = 42
+    # Metric that picks the `best` checkpoint, and whether higher or lower is better.
+    monitor: str = "val/loss"
+    monitor_mode: MonitorMode = MonitorMode.min
+    # Torch intra-op threads for training; null uses torch's default (all cores).
+    threads: Optional[int] = None
+    # Extra `_target_` patterns (fnmatch) this config is trusted to instantiate.
+    allowed_targets: List[str] = field(default_factory=list)
+    data: Any = MISSING
+    model: Any = MISSING
+    trainer: Any = MISSING
+    federation: Any = MISSING
+    privacy: Any = MISSING
+    strategy: Any = MISSING
+    partition: Any = MISSING
+
+
+@dataclass
+class SyntheticDicomConfig:
+    num_sites: int = 3
+    images_per_site: int = 240
+    image_size: int = 64
+    seed: int = 0
+
+
+@dataclass
+class DicomDataConfig:
+    _target_: str = "flip.data.dicom.DicomDataModule"
+    # Folder of DICOM files; null with `synthetic` set generates data into flip's cache.
+    root: Optional[str] = MISSING
+    # Sub-folder of root holding this site's data (e.g. site-1); null uses root itself.
+    site: Optional[str] = None
+    labels: str = "labels.csv"
+    key_column: str = "SOPInstanceUID"
+    label_column: str = "label"
+    patient_column: str = "PatientID"
+    image_size: int = 64
+    window_center: Optional[float] = None
+    window_width: Optional[float] = None
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    batch_size: int = 16
+    num_workers: int = 0
+    seed: int = SI("${seed}")
+    synthetic: Optional[SyntheticDicomConfig] = None
+    cache_dir: Optional[str] = None
+
+
+@dataclass
+class ImageClassifierConfig:
+    _target_: str = "flip.models.image.ImageClassifier"
+    num_classes: int = 2
+    in_channels: int = 1
+    channels: List[int] = field(default_factory=lambda: [16, 32, 64])
+    global_pool: str = "max"  # max or avg
+    hidden: int = 64
+    dropout: float = 0.1
+    metrics: List[str] = field(default_factory=lambda: ["accuracy", "auroc", "f1"])
+    optimizer: Dict[str, Any] = field(
+        default_factory=lambda: {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
+    )
+    scheduler: Optional[Dict[str, Any]] = None
+
+
+@dataclass
+class TrainerConfig:
+    """Keyword arguments of `lightning.Trainer` for local training."""
+
+    max_epochs: int = 5
+    max_steps: int = -1
+    limit_train_batches: Any = 1.0
+    limit_val_batches: Any = 1.0
+    limit_test_batches: Any = 1.0
+    accelerator: str = "cpu"
+    devices: Any = 1
+    precision: str = "32-true"
+    deterministic: bool = True
+    gradient_clip_val: Optional[float] = None
+    log_every_n_steps: int = 10
+    enable_progress_bar: bool = True
+    num_sanity_val_steps: int = 0
+
+
+@dataclass
+class LocalFederationConfig:
+    """One site trains on its own data; nothing leaves the machine."""
+
+    mode: str = "local"
+    num_sites: int = 1
+
+
+@dataclass
+class SimulationFederationConfig:
+    """N virtual sites on Flower's simulation engine (Ray), all on this machine."""
+
+    mode: str = "simulation"
+    num_sites: int = 3
+    num_rounds: int = 3
+    # Local training per round: whole epochs, or a fixed number of optimizer steps when set.
+    local_epochs: int = 1
+    local_steps: Optional[int] = None
+    # CPU share of each virtual site (sites run in parallel while CPUs last) and of the engine.
+    cpus_per_site: float = 1.0
+    total_cpus: Optional[int] = None
+    # A round in which fewer sites train successfully stops the run.
+    min_successful_sites: int = 1
+    round_timeout: float = 600.0
+    # A site whose data the server holds (an external test set), evaluated after every round.
+    server_eval_site: Optional[str] = None
+    # Site-local data settings by site name, e.g. {site-1: {root: /data/a}}.
+    sites: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PartitionConfig:
+    """How one data set becomes sites (simulation only)."""
+
+    # by_site: the data already names its sites (sub-folder, manifest column or DICOM attribute);
+    # iid, dirichlet (label skew), quantity (size skew): split a pooled data set.
+    kind: str = "by_site"
+    # by_site: `folder`, `column` (of the labels manifest) or `attribute` (DICOM keyword).
+    source: str = "folder"
+    name: Optional[str] = None
+    alpha: float = 0.5
+    min_size: int = 1
+    seed: int = SI("${seed}")
+
+
+@dataclass
+class NoPrivacyConfig:
+    mechanism: str = "none"
+
+
+SCHEMAS: Dict[str, type] = {
+    "root": FlipConfig,
+    "data/dicom": DicomDataConfig,
+    "model/image_classifier": ImageClassifierConfig,
+    "trainer/lightning": TrainerConfig,
+    "federation/local": LocalFederationConfig,
+    "federation/simulation": SimulationFederationConfig,
+    "partition/partition": PartitionConfig,
+    "privacy/none": NoPrivacyConfig,
+    **STRATEGY_SCHEMAS,
+}
+
+
+def register(lenient: bool = False) -> None:
+    """Store every schema under `schema/...`; lenient stores a marker naming the schema instead."""
+    store = ConfigStore.instance()
+    for name, schema in SCHEMAS.items():
+        group, _, option = name.rpartition("/")
+        node = {SCHEMA_MARKER: name} if lenient else schema
+        store.store(group=f"schema/{group}" if group else "schema", name=option, node=node)

@@ -1,0 +1,1 @@
+"""Flower at the edge: thin ServerApp/ClientApp adapters over flip's plain training functions."""

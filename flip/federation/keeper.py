@@ -1,0 +1,156 @@
+"""The server's record of a federated run: metrics per round and site, failures, checkpoints."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning as L
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from rich.progress import Progress
+
+from flip.results import MetricsTable
+from flip.run_types import SiteReport
+
+log = logging.getLogger(__name__)
+FEDERATED = "federated"
+SERVER = "server"
+
+
+def site_report_of(message: Message) -> SiteReport:
+    record = message.content["site"]
+    return SiteReport(
+        site=str(record["name"]),
+        fingerprint=str(record["fingerprint"]),
+        found=int(record["found"]),
+        skipped=int(record["skipped"]),
+        split_sizes=tuple(int(n) for n in record["split_sizes"]),
+        label_counts=dict(zip(map(str, record["label_keys"]), map(int, record["label_counts"]))),
+    )
+
+
+def site_record(report: SiteReport) -> ConfigRecord:
+    """A site's counts and fingerprint in the form a reply carries them (no patient data)."""
+    return ConfigRecord(
+        {
+            "name": report.site,
+            "fingerprint": report.fingerprint,
+            "found": report.found,
+            "skipped": report.skipped,
+            "split_sizes": list(report.split_sizes),
+            "label_keys": list(report.label_counts),
+            "label_counts": list(report.label_counts.values()),
+        }
+    )
+
+
+def save_weights_checkpoint(model: L.LightningModule, state: dict[str, torch.Tensor], path: Path, round_: int) -> None:
+    """A checkpoint `Model.load_from_checkpoint` reads: weights plus the model's hyperparameters."""
+    torch.save(
+        {
+            "state_dict": state,
+            "hyper_parameters": dict(model.hparams),
+            "pytorch-lightning_version": L.__version__,
+            "epoch": round_,
+            "global_step": round_,
+        },
+        path,
+    )
+
+
+@dataclass
+class RoundKeeper:
+    """Implements flip's RoundObserver and the end-of-round bookkeeping."""
+
+    model: L.LightningModule
+    checkpoints: Path
+    monitor: str
+    monitor_mode: str
+    num_rounds: int
+    server_evaluate: Callable[[dict[str, torch.Tensor]], dict[str, float]] | None = None
+    progress: Progress | None = None
+    table: MetricsTable = field(default_factory=MetricsTable)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    sites: dict[int, SiteReport] = field(default_factory=dict)
+    best_round: int = 0
+    best_value: float | None = None
+    _task: Any = None
+
+    def name(self, site: int) -> str:
+        report = self.sites.get(site)
+        return report.site if report else f"site-{site + 1}"
+
+    # -- RoundObserver
+
+    def site_failed(self, server_round: int, phase: str, site: int, error: str) -> None:
+        log.error("round %d: %s failed in %s: %s", server_round, self.name(site), phase, error)
+        self.failures.append({"round": server_round, "site": self.name(site), "phase": phase, "error": error})
+
+    def train_replies(self, server_round: int, replies: list[tuple[int, Message]]) -> None:
+        for site, message in replies:
+            self.sites[site] = site_report_of(message)
+            for key, value in message.content["metrics"].items():
+                split, _, metric = key.partition("/")
+                if metric and split == "train":
+                    self.table.add(server_round, self.name(site), split, metric, value)
+
+    def evaluate_replies(self, server_round: int, replies: list[tuple[int, Message]]) -> None:
+        totals: dict[str, list[float]] = {}
+        for site, message in replies:
+            self.sites[site] = site_report_of(message)
+            metrics = dict(message.content["metrics"].items())
+            for key, value in metrics.items():
+                split, _, metric = key.partition("/")
+                if metric and metric != "n" and split in ("val", "test"):
+                    self.table.add(server_round, self.name(site), split, metric, value)
+                    weight = float(metrics[f"{split}/n"])
+                    sums = totals.setdefault(key, [0.0, 0.0])
+                    sums[0] += weight * float(value)
+                    sums[1] += weight
+        for key, (weighted, weight) in totals.items():
+            split, _, metric = key.partition("/")
+            if weight > 0:
+                self.table.add(server_round, FEDERATED, split, metric, weighted / weight)
+
+    # -- end of round (Flower's evaluate_fn slot: called after round 0 and after every round)
+
+    def end_round(self, server_round: int, arrays: ArrayRecord) -> None:
+        state = arrays.to_torch_state_dict()
+        if self.server_evaluate is not None:
+            for key, value in self.server_evaluate(state).items():
+                split, _, metric = key.partition("/")
+                self.table.add(server_round, SERVER, split, metric, value)
+        if server_round == 0:
+            return
+        path = self.checkpoints / f"round_{server_round}.ckpt"
+        save_weights_checkpoint(self.model, state, path, server_round)
+        value = self.monitored(server_round)
+        if value is not None and (self.best_value is None or self._better(value, self.best_value)):
+            self.best_round, self.best_value = server_round, value
+            shutil.copyfile(path, self.checkpoints / "best.ckpt")
+        self._advance(server_round, value)
+
+    def monitored(self, server_round: int) -> float | None:
+        """The monitored metric of a round: the federated aggregate, else the server's own."""
+        for site in (FEDERATED, SERVER):
+            values = self.table.at_round(server_round, self.monitor.partition("/")[0], site)
+            if self.monitor in values:
+                return values[self.monitor]
+        return None
+
+    def _better(self, value: float, best: float) -> bool:
+        return value > best if self.monitor_mode == "max" else value < best
+
+    def _advance(self, server_round: int, value: float | None) -> None:
+        if self.progress is None:
+            return
+        if self._task is None:
+            self._task = self.progress.add_task("federated rounds", total=self.num_rounds)
+        shown = "n/a" if value is None else f"{value:.4f}"
+        self.progress.update(
+            self._task, completed=server_round, description=f"round {server_round}/{self.num_rounds} · {self.monitor} {shown}"
+        )

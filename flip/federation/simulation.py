@@ -1,0 +1,133 @@
+"""Simulation mode: N virtual sites on Flower's simulation engine, owned start to finish by flip.
+
+Flower's home, Ray's session files and the environment variables Flower changes all live in a
+temporary folder for the length of the run; Ray is shut down whatever happens.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from omegaconf import DictConfig
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from flip.console import console
+from flip.errors import FlipError
+from flip.federation.keeper import FEDERATED, SERVER, RoundKeeper, save_weights_checkpoint
+from flip.results import model_sha256
+from flip.run_types import ModeResult
+from flip.training import build_model
+
+log = logging.getLogger(__name__)
+_FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_DEDUP_LOGS": "0"}
+
+
+@contextmanager
+def flower_sandbox() -> Iterator[Path]:
+    """A scratch folder for Flower and Ray; the environment is restored and Ray stopped on exit."""
+    saved = {key: os.environ.get(key) for key in (*_FLOWER_ENV, "FLWR_HOME", "PYTHONPATH")}
+    flower_logger = logging.getLogger("flwr")
+    saved_level = flower_logger.level
+    with tempfile.TemporaryDirectory(prefix="flip-") as scratch:
+        os.environ.update(_FLOWER_ENV, FLWR_HOME=str(Path(scratch) / "flwr"))
+        flower_logger.setLevel(logging.WARNING)
+        try:
+            yield Path(scratch)
+        finally:
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+            flower_logger.setLevel(saved_level)
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+def backend_config(cfg: DictConfig, scratch: Path) -> dict:
+    federation = cfg.federation
+    return {
+        "client_resources": {"num_cpus": federation.cpus_per_site, "num_gpus": 0.0},
+        "init_args": {
+            "num_cpus": federation.total_cpus or os.cpu_count() or 1,
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "_temp_dir": str(scratch / "ray"),
+        },
+    }
+
+
+def _server_evaluator(cfg: DictConfig):
+    if not cfg.federation.server_eval_site:
+        return None
+    from flip.federation.site import evaluate_model, server_datamodule
+
+    return lambda state: {k: v for k, v in evaluate_model(cfg, server_datamodule(cfg), state).items()}
+
+
+def run_simulation_mode(cfg: DictConfig, run_dir: Path) -> ModeResult:
+    from flwr.simulation import run_simulation
+
+    from flip.federation.client_app import app as client_app
+    from flip.federation.server_app import ServerOutcome, build_server_app
+
+    federation = cfg.federation
+    checkpoints = run_dir / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    model = build_model(cfg)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console)
+    keeper = RoundKeeper(
+        model=model,
+        checkpoints=checkpoints,
+        monitor=cfg.monitor,
+        monitor_mode=cfg.monitor_mode.name,
+        num_rounds=federation.num_rounds,
+        server_evaluate=_server_evaluator(cfg),
+        progress=progress if cfg.trainer.enable_progress_bar else None,
+    )
+    outcome = ServerOutcome()
+    log.info("simulating %d sites for %d rounds with %s", federation.num_sites, federation.num_rounds, cfg.strategy._target_)
+    with flower_sandbox() as scratch, progress:
+        run_simulation(
+            server_app=build_server_app(cfg, keeper, outcome),
+            client_app=client_app,
+            num_supernodes=federation.num_sites,
+            backend_config=backend_config(cfg, scratch),
+        )
+    if outcome.result is None or not len(outcome.result.arrays):
+        raise FlipError("the federation produced no model: no round was aggregated (see the run log)")
+    state = outcome.result.arrays.to_torch_state_dict()
+    model.load_state_dict(state)
+    save_weights_checkpoint(model, model.state_dict(), checkpoints / "final.ckpt", federation.num_rounds)
+    return _mode_result(keeper, federation.num_rounds, model_sha256(model.state_dict()))
+
+
+def _mode_result(keeper: RoundKeeper, rounds: int, digest: str) -> ModeResult:
+    table = keeper.table
+
+    def global_metrics(round_: int) -> dict[str, float]:
+        found: dict[str, float] = {}
+        for split in ("val", "test"):
+            found.update(table.at_round(round_, split, FEDERATED))
+            found.update({f"server:{k}": v for k, v in table.at_round(round_, split, SERVER).items()})
+        return found
+
+    train = {}
+    for name in sorted({row[1] for row in table.rows if row[2] == "train"}):
+        train.update({f"{name}:{k}": v for k, v in table.at_round(rounds, "train", name).items()})
+    return ModeResult(
+        rounds=rounds,
+        model_sha256=digest,
+        metrics=global_metrics(rounds),
+        best_metrics={"round": keeper.best_round, **global_metrics(keeper.best_round)},
+        table=table,
+        sites=[keeper.sites[index] for index in sorted(keeper.sites)],
+        failures=keeper.failures,
+    )

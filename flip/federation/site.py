@@ -1,0 +1,142 @@
+"""What one site does in a round, as plain functions that tests and Flower clients call alike.
+
+`train_round` and `evaluate_round` take a config, a site and global weights and return weights
+and metrics. Decoded data is kept per process, so a long-lived simulation actor decodes a
+site's files once, not every round.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from flip.results import config_sha256
+from flip.run_types import SiteReport
+from flip.training import build_datamodule, build_model, build_trainer, quiet_lightning
+
+log = logging.getLogger(__name__)
+StateDict = dict[str, torch.Tensor]
+_DATAMODULES: dict[tuple[str, int], L.LightningDataModule] = {}
+
+
+@dataclass
+class SiteReply:
+    state: StateDict | None
+    metrics: dict[str, float]
+    num_examples: int
+    report: SiteReport
+
+
+def site_key(index: int) -> str:
+    """The name a site has in `federation.sites` and in logs before its data names it."""
+    return f"site-{index + 1}"
+
+
+def site_data_overrides(cfg: DictConfig, index: int) -> dict[str, Any]:
+    """Data settings for site `index`: its partition, plus its site-local settings."""
+    federation = cfg.federation
+    partition = OmegaConf.to_container(cfg.partition, resolve=True)
+    partition.update(index=index, num_partitions=federation.num_sites)
+    if federation.get("server_eval_site"):
+        partition["exclude"] = [federation.server_eval_site]
+    site_local = OmegaConf.to_container(federation.sites, resolve=True).get(site_key(index), {})
+    return {"partition": partition, **site_local}
+
+
+def _sha_of(*nodes: Any) -> str:
+    """A cache key for resolved config nodes."""
+    plain = [OmegaConf.to_container(n, resolve=True) if OmegaConf.is_config(n) else n for n in nodes]
+    return config_sha256(OmegaConf.create({"nodes": plain}))
+
+
+def site_datamodule(cfg: DictConfig, index: int) -> L.LightningDataModule:
+    """The set-up data module of site `index`, built once per process and config."""
+    key = (_sha_of(cfg.data, cfg.partition), index)
+    if key not in _DATAMODULES:
+        datamodule = build_datamodule(cfg, **site_data_overrides(cfg, index))
+        datamodule.setup("fit")
+        _DATAMODULES[key] = datamodule
+    return _DATAMODULES[key]
+
+
+def server_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    """The data the server itself holds (`federation.server_eval_site`), built once per process."""
+    key = (_sha_of(cfg.data, cfg.federation.server_eval_site), -1)
+    if key not in _DATAMODULES:
+        datamodule = build_datamodule(cfg, site=cfg.federation.server_eval_site)
+        datamodule.setup("fit")
+        _DATAMODULES[key] = datamodule
+    return _DATAMODULES[key]
+
+
+class ProximalTerm(Callback):
+    """FedProx: adds the gradient of (mu/2)·||w - w_global||² to every parameter's gradient."""
+
+    def __init__(self, global_state: StateDict, mu: float):
+        self.global_state = {name: tensor.detach().clone() for name, tensor in global_state.items()}
+        self.mu = mu
+
+    def on_after_backward(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        for name, parameter in module.named_parameters():
+            if parameter.grad is not None:
+                parameter.grad.add_(parameter.detach() - self.global_state[name], alpha=self.mu)
+
+
+def _seed(cfg: DictConfig, server_round: int, index: int) -> None:
+    L.seed_everything(cfg.seed * 1_000_003 + server_round * 1_009 + index, workers=True, verbose=False)
+
+
+def _model_with(cfg: DictConfig, state: StateDict) -> L.LightningModule:
+    model = build_model(cfg)
+    model.load_state_dict(state)
+    return model
+
+
+def train_round(cfg: DictConfig, index: int, global_state: StateDict, server_round: int, proximal_mu: float = 0.0) -> SiteReply:
+    """Local training of site `index` from the global weights; returns the new weights and metrics."""
+    quiet_lightning()
+    _seed(cfg, server_round, index)
+    datamodule = site_datamodule(cfg, index)
+    model = _model_with(cfg, global_state)
+    federation = cfg.federation
+    callbacks = [ProximalTerm(global_state, proximal_mu)] if proximal_mu > 0 else []
+    trainer = build_trainer(
+        cfg,
+        callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        max_epochs=federation.local_epochs if federation.local_steps is None else -1,
+        max_steps=federation.local_steps if federation.local_steps is not None else -1,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(model, datamodule=datamodule)
+    metrics = {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("train/")}
+    return SiteReply(model.state_dict(), metrics, datamodule.split_sizes[0], SiteReport.from_datamodule(datamodule))
+
+
+def evaluate_model(cfg: DictConfig, datamodule: L.LightningDataModule, state: StateDict) -> dict[str, float]:
+    """val/* and test/* metrics of the weights `state` on a set-up data module."""
+    quiet_lightning()
+    model = _model_with(cfg, state)
+    trainer = build_trainer(cfg, [], logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    metrics: dict[str, float] = {}
+    for run in (trainer.validate, trainer.test):
+        for key, value in run(model, datamodule=datamodule, verbose=False)[0].items():
+            metrics[key] = float(value)
+    return metrics
+
+
+def evaluate_round(cfg: DictConfig, index: int, global_state: StateDict) -> SiteReply:
+    """The global weights evaluated on site `index`'s validation and test splits."""
+    datamodule = site_datamodule(cfg, index)
+    metrics = evaluate_model(cfg, datamodule, global_state)
+    _, n_val, n_test = datamodule.split_sizes
+    return SiteReply(None, {**metrics, "val/n": n_val, "test/n": n_test}, n_val, SiteReport.from_datamodule(datamodule))

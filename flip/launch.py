@@ -1,0 +1,40 @@
+"""Hands a validated recipe to Hydra's own app runner, so runs and sweeps behave as in any Hydra app."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from flip.config import schema
+from flip.config.compose import searchpath_override
+from flip.console import print_summary
+
+
+def hydra_argv(recipe: Path, overrides: list[str], multirun: bool) -> list[str]:
+    argv = [*overrides, searchpath_override(), f"hydra.job.name={recipe.stem}"]
+    return [*argv, "--multirun"] if multirun else argv
+
+
+def launch(recipe: Path, overrides: list[str], multirun: bool = False) -> None:
+    """Run `recipe` through `hydra.main`: run directory, `.hydra/`, logging and sweeps come from Hydra."""
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from flip.run import run
+
+    def task(cfg: DictConfig) -> dict[str, Any]:
+        result = run(cfg, Path(HydraConfig.get().runtime.output_dir), recipe)
+        print_summary(result.summary, result.run_dir)
+        return result.summary
+
+    schema.register()
+    app = hydra.main(config_path=str(recipe.parent), config_name=recipe.stem, version_base="1.3")(task)
+    saved_argv = sys.argv
+    sys.argv = [saved_argv[0], *hydra_argv(recipe, overrides, multirun)]
+    try:
+        app()
+    finally:
+        sys.argv = saved_argv

@@ -1,0 +1,1 @@
+"""LightningModules that flip recipes can name as `model`."""

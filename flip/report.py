@@ -1,0 +1,268 @@
+"""`flip report`: compare finished runs as a CSV, a Markdown table and a plot of the global metric."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from flip.console import console as default_console
+from flip.errors import FlipError
+
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.csv"
+OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
+RUN_COLUMNS = ("status", "mode", "rounds", "wall_time_s")
+# Site names whose rows already hold the global value, most preferred first.
+GLOBAL_SITES = ("federated", "server")
+
+
+@dataclass
+class Report:
+    """The compared runs (one dict per run, keyed by column) and the files written."""
+
+    runs: list[dict[str, Any]]
+    columns: list[str]
+    csv_path: Path
+    md_path: Path
+    png_path: Path
+
+
+@dataclass
+class _Run:
+    """What the report reads from one run directory."""
+
+    path: Path
+    summary: dict[str, Any]
+    overrides: dict[str, str]
+
+
+def build_report(paths: list[Path], out_dir: Path | None = None) -> Report:
+    """Find every run under `paths` and write report.csv, report.md and report.png into `out_dir`."""
+    paths = [Path(path) for path in paths]
+    out_dir = Path(out_dir) if out_dir is not None else _default_out_dir(paths)
+    runs = [_load_run(run_dir) for run_dir in find_run_dirs(paths)]
+    varying = differing_keys([run.overrides for run in runs])
+    columns = _columns(runs, varying)
+    rows = [_row(run, varying, out_dir) for run in runs]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = Report(rows, columns, out_dir / "report.csv", out_dir / "report.md", out_dir / "report.png")
+    _write_csv(report)
+    _write_markdown(report)
+    _write_plot(runs, varying, report.png_path)
+    return report
+
+
+def _default_out_dir(paths: list[Path]) -> Path:
+    return paths[0] if len(paths) == 1 else Path.cwd()
+
+
+def find_run_dirs(paths: list[Path]) -> list[Path]:
+    """Every folder holding a summary.json at or below `paths`, in natural order, each once."""
+    found: set[Path] = set()
+    for path in paths:
+        if not path.is_dir():
+            raise FlipError(f"not a directory: {path}")
+        matches = {summary.parent.resolve() for summary in path.rglob(SUMMARY_FILE)}
+        if not matches:
+            raise FlipError(f"no run directory (a folder with {SUMMARY_FILE}) found under {path}")
+        found |= matches
+    return sorted(found, key=_natural_key)
+
+
+def _natural_key(path: Path) -> list[Any]:
+    """Sort `2_seed=1` before `10_seed=1`: digit runs compare as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
+def _load_run(run_dir: Path) -> _Run:
+    return _Run(run_dir, _read_summary(run_dir / SUMMARY_FILE), read_overrides(run_dir))
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise FlipError(f"cannot read run summary {path}: {error}") from error
+    if not isinstance(summary, dict):
+        raise FlipError(f"cannot read run summary {path}: expected a JSON object")
+    return summary
+
+
+def read_overrides(run_dir: Path) -> dict[str, str]:
+    """The run's Hydra overrides as {key: value}; `+`/`~` prefixes dropped, empty when absent."""
+    path = run_dir / OVERRIDES_FILE
+    if not path.is_file():
+        return {}
+    try:
+        items = yaml.safe_load(path.read_text(encoding="utf-8")) or []
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise FlipError(f"cannot read overrides {path}: {error}") from error
+    if not isinstance(items, list):
+        raise FlipError(f"cannot read overrides {path}: expected a YAML list")
+    return dict(_split_override(str(item)) for item in items)
+
+
+def _split_override(item: str) -> tuple[str, str]:
+    key, _, value = item.partition("=")
+    return key.lstrip("+~"), value
+
+
+def differing_keys(overrides: list[dict[str, str]]) -> list[str]:
+    """Override keys whose value is not the same in every run (absent counts as a value)."""
+    keys = list(dict.fromkeys(key for run in overrides for key in run))
+    return [key for key in keys if len({run.get(key) for run in overrides}) > 1]
+
+
+def _columns(runs: list[_Run], varying: list[str]) -> list[str]:
+    finals = sorted({key for run in runs for key in run.summary.get("metrics") or {}})
+    bests = sorted({key for run in runs for key in run.summary.get("best_metrics") or {}})
+    return [
+        "run",
+        *varying,
+        *RUN_COLUMNS,
+        *(f"final:{key}" for key in finals),
+        *(f"best:{key}" for key in bests),
+        "model_sha256",
+    ]
+
+
+def _row(run: _Run, varying: list[str], out_dir: Path) -> dict[str, Any]:
+    summary = run.summary
+    row: dict[str, Any] = {"run": _relative(run.path, out_dir)}
+    row.update({key: run.overrides.get(key, "") for key in varying})
+    row.update({key: summary.get(key) for key in RUN_COLUMNS})
+    row.update({f"final:{key}": value for key, value in (summary.get("metrics") or {}).items()})
+    row.update({f"best:{key}": value for key, value in (summary.get("best_metrics") or {}).items()})
+    row["model_sha256"] = (summary.get("model_sha256") or "")[:12]
+    return row
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return str(path.relative_to(base.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def format_cell(value: Any) -> str:
+    """Floats to 4 decimals, missing values empty, everything else as text."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _write_csv(report: Report) -> None:
+    with report.csv_path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=report.columns, restval="")
+        writer.writeheader()
+        for row in report.runs:
+            writer.writerow({key: "" if value is None else value for key, value in row.items()})
+
+
+def _write_markdown(report: Report) -> None:
+    lines = [
+        "# flip report",
+        "",
+        f"{len(report.runs)} run(s).",
+        "",
+        _markdown_line(report.columns),
+        _markdown_line(["---"] * len(report.columns)),
+        *(_markdown_line([format_cell(row.get(column)) for column in report.columns]) for row in report.runs),
+    ]
+    report.md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _markdown_line(cells: list[str]) -> str:
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+
+def global_series(metrics_csv: Path, monitor: str) -> dict[int, float]:
+    """{round: value} of `monitor` (`split/metric`): federated rows, else server rows, else the site mean."""
+    split, _, metric = monitor.partition("/")
+    by_site = _monitor_rows(metrics_csv, split, metric)
+    for site in GLOBAL_SITES:
+        if site in by_site:
+            return by_site[site]
+    return _mean_over_sites(by_site)
+
+
+def _monitor_rows(metrics_csv: Path, split: str, metric: str) -> dict[str, dict[int, float]]:
+    """{site: {round: value}} for one split/metric of a metrics.csv."""
+    by_site: dict[str, dict[int, float]] = defaultdict(dict)
+    try:
+        with metrics_csv.open(newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                if row["split"] == split and row["metric"] == metric:
+                    by_site[row["site"]][int(row["round"])] = float(row["value"])
+    except (OSError, KeyError, TypeError, ValueError) as error:
+        raise FlipError(f"cannot read metrics {metrics_csv}: {error}") from error
+    return by_site
+
+
+def _mean_over_sites(by_site: dict[str, dict[int, float]]) -> dict[int, float]:
+    per_round: dict[int, list[float]] = defaultdict(list)
+    for series in by_site.values():
+        for round_, value in series.items():
+            per_round[round_].append(value)
+    return {round_: sum(values) / len(values) for round_, values in per_round.items()}
+
+
+def _run_label(run: _Run, varying: list[str]) -> str:
+    if not varying:
+        return run.path.name
+    return ", ".join(f"{key}={run.overrides.get(key, '')}" for key in varying)
+
+
+def _write_plot(runs: list[_Run], varying: list[str], path: Path) -> None:
+    """One line per run of its global monitor metric against the round."""
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    monitors = sorted({run.summary["monitor"] for run in runs if run.summary.get("monitor")})
+    for run in runs:
+        series = _plot_series(run)
+        if series:
+            rounds = sorted(series)
+            axes.plot(rounds, [series[r] for r in rounds], marker="o", label=_run_label(run, varying))
+    axes.set_xlabel("round")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_ylabel(", ".join(monitor.partition("/")[2] or monitor for monitor in monitors))
+    axes.set_title(f"global {', '.join(monitors)} per round" if monitors else "no monitored metric")
+    if axes.lines:
+        axes.legend(fontsize="small")
+    figure.savefig(path, dpi=100)
+
+
+def _plot_series(run: _Run) -> dict[int, float]:
+    monitor = run.summary.get("monitor")
+    metrics_csv = run.path / METRICS_FILE
+    if not monitor or not metrics_csv.is_file():
+        return {}
+    return global_series(metrics_csv, monitor)
+
+
+def print_report(report: Report, console: Console | None = None) -> None:
+    """The report table in the terminal, followed by where its files are."""
+    console = console or default_console
+    table = Table(title=f"flip report · {len(report.runs)} run(s)")
+    for column in report.columns:
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for row in report.runs:
+        table.add_row(*(Text(format_cell(row.get(column))) for column in report.columns))
+    console.print(table)
+    console.print(f"wrote {report.csv_path}, {report.md_path}, {report.png_path}", markup=False)

@@ -1,0 +1,43 @@
+"""What a mode's runner hands back to `flip.run` to be written into the run directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from flip.results import MetricsTable
+
+
+@dataclass
+class SiteReport:
+    """Per-site facts safe to leave the site: counts and a data fingerprint, no patient data."""
+
+    site: str
+    fingerprint: str
+    found: int
+    skipped: int
+    split_sizes: tuple[int, int, int]
+    label_counts: dict[str, int]
+
+    @classmethod
+    def from_datamodule(cls, datamodule: Any) -> "SiteReport":
+        return cls(
+            site=datamodule.site_name,
+            fingerprint=datamodule.fingerprint,
+            found=datamodule.num_items_found,
+            skipped=len(datamodule.skipped),
+            split_sizes=tuple(datamodule.split_sizes),
+            label_counts={str(k): int(v) for k, v in datamodule.label_counts.items()},
+        )
+
+
+@dataclass
+class ModeResult:
+    rounds: int
+    model_sha256: str
+    metrics: dict[str, float]
+    best_metrics: dict[str, Any]
+    table: MetricsTable
+    sites: list[SiteReport] = field(default_factory=list)
+    # Sites that raised or did not reply: round, site, phase and a traceback summary.
+    failures: list[dict[str, Any]] = field(default_factory=list)

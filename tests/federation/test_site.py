@@ -1,0 +1,84 @@
+"""The plain site functions that Flower clients call, tested without Flower."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+
+from flip.config.recipes import resolve_recipe
+from flip.config.validate import validate
+from flip.errors import ConfigError, FlipError
+from flip.federation.shipping import pack_config, unpack_config
+from flip.federation.site import evaluate_round, train_round
+from flip.training import build_model
+from tests.conftest import FAST_OVERRIDES
+
+SIM = [*FAST_OVERRIDES, "federation.num_sites=2", "federation.server_eval_site=site-3"]
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return validate(resolve_recipe("dicom_synthetic_fedavg"), SIM)
+
+
+def _distance(state, reference):
+    return sum(float((state[k].float() - reference[k].float()).norm() ** 2) for k in reference) ** 0.5
+
+
+def test_train_round_returns_new_weights_and_train_metrics(cfg):
+    global_state = build_model(cfg).state_dict()
+    reply = train_round(cfg, 0, global_state, server_round=1)
+    assert reply.report.site == "site-1"
+    assert reply.num_examples == reply.report.split_sizes[0] > 0
+    assert set(reply.state) == set(global_state)
+    assert _distance(reply.state, global_state) > 0
+    assert "train/loss" in reply.metrics
+
+
+def test_train_round_is_repeatable(cfg):
+    global_state = build_model(cfg).state_dict()
+    first = train_round(cfg, 1, global_state, server_round=2)
+    second = train_round(cfg, 1, global_state, server_round=2)
+    assert all(torch.equal(first.state[k], second.state[k]) for k in global_state)
+
+
+def test_fedprox_term_keeps_local_weights_near_the_global_ones(cfg):
+    global_state = build_model(cfg).state_dict()
+    free = train_round(cfg, 0, global_state, server_round=1, proximal_mu=0.0)
+    held = train_round(cfg, 0, global_state, server_round=1, proximal_mu=50.0)
+    assert _distance(held.state, global_state) < 0.5 * _distance(free.state, global_state)
+
+
+def test_evaluate_round_reports_val_and_test_with_counts(cfg):
+    reply = evaluate_round(cfg, 1, build_model(cfg).state_dict())
+    assert reply.state is None
+    assert {"val/accuracy", "val/auroc", "test/accuracy", "val/n", "test/n"} <= set(reply.metrics)
+    assert reply.metrics["val/n"] == reply.report.split_sizes[1]
+
+
+def test_site_refuses_a_tampered_config(cfg):
+    text, digest = pack_config(cfg)
+    tampered = text.replace("seed: 42", "seed: 43")
+    with pytest.raises(FlipError, match="does not match its sha256"):
+        unpack_config(tampered, digest)
+
+
+def test_site_refuses_targets_outside_its_allow_list(cfg):
+    text, _ = pack_config(cfg)
+    hostile = text.replace("_target_: torch.optim.Adam", "_target_: subprocess.run")
+    with pytest.raises(ConfigError) as caught:
+        unpack_config(hostile, hashlib.sha256(hostile.encode()).hexdigest())
+    assert caught.value.problems == [
+        "model.optimizer._target_: 'subprocess.run' is not on the allow-list (flip.*, flwr.serverapp.strategy.*, "
+        "torch.optim.*, torch.optim.lr_scheduler.*); add a pattern under allowed_targets to trust it"
+    ]
+
+
+def test_site_checks_types_of_what_it_receives(cfg):
+    text, _ = pack_config(cfg)
+    bad = text.replace("num_rounds: ", "num_rounds: many #")
+    with pytest.raises(ConfigError) as caught:
+        unpack_config(bad, hashlib.sha256(bad.encode()).hexdigest())
+    assert caught.value.problems[0] == "federation.num_rounds: expected an int, got 'many'"

@@ -1,0 +1,70 @@
+"""The `flip` command line, run as a user would run it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import write_recipe
+
+
+def flip(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flip.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def test_help_lists_every_command():
+    result = flip("--help")
+    assert result.returncode == 0
+    for command in ("run", "validate", "show", "ls", "data"):
+        assert any(line.strip().startswith(command + " ") for line in result.stdout.splitlines()), command
+
+
+def test_ls_lists_recipes_with_description():
+    result = flip("ls")
+    assert result.returncode == 0
+    assert "dicom_synthetic_local (default)" in result.stdout
+    assert "Lesion classifier" in result.stdout
+
+
+def test_validate_ok():
+    result = flip("validate", "dicom_synthetic_local", "seed=3")
+    assert result.returncode == 0, result.stderr
+    assert "valid: dicom_synthetic_local.yaml" in result.stdout
+
+
+def test_validate_reports_every_problem_on_stderr_with_exit_2(tmp_path):
+    recipe = write_recipe(tmp_path, "# Bad.\n# flip run bad\ndefaults:\n  - flip\n  - _self_\ntrainer:\n  max_epochs: many\n", "bad")
+    result = flip("validate", str(recipe), "data.roott=/x", "model.optimizer._target_=builtins.eval")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "flip: invalid config (bad.yaml): 3 problem(s)",
+        "  - data.roott: unknown key (did you mean 'root'?) (override 'data.roott=/x')",
+        "  - trainer.max_epochs: expected an int, got 'many'",
+        "  - model.optimizer._target_: 'builtins.eval' is not on the allow-list (flip.*, flwr.serverapp.strategy.*, "
+        "torch.optim.*, torch.optim.lr_scheduler.*); add a pattern under allowed_targets to trust it",
+    ]
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_recipe_is_a_short_error():
+    result = flip("run", "no_such_recipe")
+    assert result.returncode == 1
+    assert result.stderr.startswith("flip: unknown recipe 'no_such_recipe'")
+    assert "Traceback" not in result.stderr
+
+
+def test_show_prints_resolved_yaml():
+    result = flip("show", "dicom_synthetic_local", "seed=5", "data.batch_size=16")
+    assert result.returncode == 0, result.stderr
+    assert "seed: 5" in result.stdout
+    assert "  seed: 5" in result.stdout  # data.seed: ${seed}, resolved
+    assert "batch_size: 16" in result.stdout
+    assert "${" not in result.stdout
+
+
+def test_debug_shows_the_trace():
+    result = flip("--debug", "validate", "seed=x")
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr

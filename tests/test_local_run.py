@@ -1,0 +1,73 @@
+"""End-to-end local runs of the default recipe: the full run directory, and determinism."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from flip.models.image import ImageClassifier
+from flip.results import model_sha256
+from tests.conftest import FAST_OVERRIDES
+
+pytestmark = pytest.mark.slow
+
+
+def run_default(cwd: Path, *overrides: str) -> Path:
+    before = set((cwd / "runs").rglob("summary.json")) if (cwd / "runs").exists() else set()
+    result = subprocess.run(
+        [sys.executable, "-m", "flip.cli", "run", *FAST_OVERRIDES, *overrides],
+        cwd=cwd, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (summary,) = set((cwd / "runs").rglob("summary.json")) - before
+    return summary.parent
+
+
+def test_default_recipe_writes_the_full_run_directory(tmp_path):
+    run = run_default(tmp_path)
+    assert run.parent.parent.name == "runs" and run.name.endswith("_dicom_synthetic_local")
+    for name in (".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml", "metrics.csv",
+                 "summary.json", "manifest.json", "checkpoints/best.ckpt", "checkpoints/final.ckpt"):
+        assert (run / name).is_file(), name
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["mode"] == "local" and summary["recipe"] == "dicom_synthetic_local"
+    assert summary["status"] == "completed" and len(summary["config_sha256"]) == 64
+    assert {"test/accuracy", "test/auroc", "test/f1", "val/loss"} <= set(summary["metrics"])
+    assert {"round", "test/accuracy", "val/loss"} <= set(summary["best_metrics"])
+    (site,) = summary["sites"]
+    assert site["site"] == "site-1" and sum(site["split_sizes"]) == site["found"] > 0
+
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["config_sha256"] == summary["config_sha256"] and manifest["seed"] == 42
+    for package in ("flip-fl", "torch", "lightning", "flwr", "hydra-core"):
+        assert manifest["versions"][package], package
+    assert manifest["python"] and manifest["status"] == "completed"
+    assert manifest["data"]["site-1"]["fingerprint"] == site["fingerprint"]
+
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert set(rows[0]) == {"round", "site", "split", "metric", "value"}
+    assert {(row["split"], row["metric"]) for row in rows} >= {("train", "loss"), ("val", "auroc"), ("test", "accuracy")}
+
+    # The final checkpoint holds exactly the weights whose hash the summary reports.
+    final = ImageClassifier.load_from_checkpoint(run / "checkpoints" / "final.ckpt", weights_only=True)
+    assert model_sha256(final.state_dict()) == summary["model_sha256"]
+
+
+def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
+    first, second = run_default(tmp_path), run_default(tmp_path)
+    third = run_default(tmp_path, "seed=7")
+    hashes = [json.loads((run / "summary.json").read_text())["model_sha256"] for run in (first, second, third)]
+    assert hashes[0] == hashes[1] != hashes[2]
+
+
+def test_checkpoint_weights_are_plain_tensors(tmp_path):
+    run = run_default(tmp_path)
+    checkpoint = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert all(isinstance(value, torch.Tensor) for value in checkpoint["state_dict"].values())
