@@ -161,7 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         return error.exit_code
     except KeyboardInterrupt:
         print("flip: interrupted", file=sys.stderr)
-        return 130
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Flower's server thread would keep the interpreter alive (and restart Ray) after the
+        # run was stopped; the run directory and Ray are already closed at this point.
+        os._exit(130)
 
 
 if __name__ == "__main__":

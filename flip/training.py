@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import lightning as L
@@ -28,6 +29,7 @@ def configure_torch(cfg: DictConfig) -> None:
 
 def quiet_lightning() -> None:
     """Lightning's start-up notes (GPU available, tips) are noise in flip's output."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     for name in (
         "lightning.pytorch.utilities.rank_zero",
         "lightning.pytorch.accelerators.cuda",

@@ -57,11 +57,23 @@ def validate_sweep(recipe: Path, overrides: list[str]) -> int:
         raise ConfigError([one_line(error)], source=recipe.name) from error
     seen: dict[str, None] = {}
     for job in jobs:
-        for problem in config_problems(recipe, job):
+        problems = config_problems(recipe, job)
+        if not problems:
+            problems = _strict_problems(recipe, job)
+        for problem in problems:
             seen.setdefault(problem)
     if seen:
         raise ConfigError(list(seen), source=recipe.name)
     return len(jobs)
+
+
+def _strict_problems(recipe: Path, overrides: list[str]) -> list[str]:
+    """What Hydra's own composition rejects that the lenient pass let through."""
+    try:
+        compose.compose_recipe(recipe, overrides)
+    except (HydraException, OmegaConfBaseException) as error:
+        return [one_line(error)]
+    return []
 
 
 def config_problems(recipe: Path, overrides: list[str]) -> list[str]:
@@ -333,7 +345,12 @@ def _join(path: str, key: str) -> str:
 
 
 def one_line(error: BaseException) -> str:
-    """Hydra and OmegaConf errors span several lines; keep the first that says something."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
+    """Hydra and OmegaConf errors span several lines; keep the first that says something,
+    and the first line of its cause (Hydra wraps the OmegaConf error that names the key)."""
+    def first(exc: BaseException) -> str:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        return lines[0] if lines else type(exc).__name__
+
+    cause = error.__cause__
+    return f"{first(error)} {first(cause)}" if cause is not None else first(error)
 

@@ -10,12 +10,11 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
 from omegaconf import DictConfig
 
-from flip.config.allowlist import safe_instantiate
 from flip.errors import FlipError
 from flip.federation.client_app import CONFIG_KEY, DIGEST_KEY
 from flip.federation.keeper import RoundKeeper
 from flip.federation.shipping import pack_config
-from flip.federation.strategy import FlipSettings, SiteGrid, error_summary, make_flip_strategy
+from flip.federation.strategy import FlipSettings, SiteGrid, build_flip_strategy, error_summary
 
 
 @dataclass
@@ -51,7 +50,7 @@ def build_server_app(cfg: DictConfig, keeper: RoundKeeper, outcome: ServerOutcom
         node_to_site = map_sites(grid, federation.num_sites, federation.round_timeout)
         text, digest = pack_config(cfg)
         settings = FlipSettings(cfg.seed, federation.min_successful_sites, keeper)
-        strategy = make_flip_strategy(safe_instantiate(cfg.strategy, cfg.allowed_targets, "strategy"), settings)
+        strategy = build_flip_strategy(cfg.strategy, cfg.allowed_targets, settings)
         shipped = {CONFIG_KEY: text, DIGEST_KEY: digest}
         outcome.result = strategy.start(
             grid=SiteGrid(grid, node_to_site),

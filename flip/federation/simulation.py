@@ -21,10 +21,23 @@ from flip.errors import FlipError
 from flip.federation.keeper import FEDERATED, SERVER, RoundKeeper, save_weights_checkpoint
 from flip.results import model_sha256
 from flip.run_types import ModeResult
-from flip.training import build_model
+from flip.training import build_datamodule, build_model
 
 log = logging.getLogger(__name__)
-_FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_DEDUP_LOGS": "0"}
+_FLOWER_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+}
+
+
+class _DropDeprecation(logging.Filter):
+    """flip owns the simulation's lifecycle; Flower's notice that `run_simulation` is deprecated
+    in favour of its CLI is not for flip's users."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "run_simulation` function is deprecated" not in record.getMessage()
 
 
 @contextmanager
@@ -32,10 +45,12 @@ def flower_sandbox() -> Iterator[Path]:
     """A scratch folder for Flower and Ray; the environment is restored and Ray stopped on exit."""
     saved = {key: os.environ.get(key) for key in (*_FLOWER_ENV, "FLWR_HOME", "PYTHONPATH")}
     flower_logger = logging.getLogger("flwr")
-    saved_level = flower_logger.level
+    quiet = _DropDeprecation()
     with tempfile.TemporaryDirectory(prefix="flip-") as scratch:
         os.environ.update(_FLOWER_ENV, FLWR_HOME=str(Path(scratch) / "flwr"))
-        flower_logger.setLevel(logging.WARNING)
+        flower_logger.addFilter(quiet)
+        saved_level = flower_logger.level
+        flower_logger.setLevel(logging.WARNING)  # flip shows rounds itself; failures are logged by flip
         try:
             yield Path(scratch)
         finally:
@@ -43,6 +58,7 @@ def flower_sandbox() -> Iterator[Path]:
 
             if ray.is_initialized():
                 ray.shutdown()
+            flower_logger.removeFilter(quiet)
             flower_logger.setLevel(saved_level)
             for key, value in saved.items():
                 if value is None:
@@ -73,6 +89,7 @@ def _server_evaluator(cfg: DictConfig):
 
 
 def run_simulation_mode(cfg: DictConfig, run_dir: Path) -> ModeResult:
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # Flower's state database logs its set-up
     from flwr.simulation import run_simulation
 
     from flip.federation.client_app import app as client_app
@@ -92,6 +109,8 @@ def run_simulation_mode(cfg: DictConfig, run_dir: Path) -> ModeResult:
         server_evaluate=_server_evaluator(cfg),
         progress=progress if cfg.trainer.enable_progress_bar else None,
     )
+    # Generate or fetch shared inputs once, here, before site processes race to do it.
+    build_datamodule(cfg).prepare_data()
     outcome = ServerOutcome()
     log.info("simulating %d sites for %d rounds with %s", federation.num_sites, federation.num_rounds, cfg.strategy._target_)
     with flower_sandbox() as scratch, progress:

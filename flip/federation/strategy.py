@@ -17,8 +17,11 @@ from typing import Any, Iterable, Iterator, Protocol
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
 
-from flip.errors import FlipError
+from flip.config.allowlist import target_problems
+from flip.errors import ConfigError, FlipError
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -124,10 +127,14 @@ class FlipStrategyMixin:
         return super().aggregate_evaluate(server_round, ordered)
 
 
-def make_flip_strategy(strategy: Strategy, settings: FlipSettings) -> Strategy:
-    """Give an instantiated Flower strategy flip's seeded sampling, ordering and failure accounting."""
-    base = type(strategy)
-    strategy.__class__ = type(f"Flip{base.__name__}", (FlipStrategyMixin, base), {})
+def build_flip_strategy(strategy_cfg: DictConfig, allowed: Iterable[str], settings: FlipSettings) -> Strategy:
+    """The configured Flower strategy with flip's seeded sampling, ordering and failure accounting."""
+    kwargs = OmegaConf.to_container(strategy_cfg, resolve=True)
+    problems = target_problems(kwargs, allowed, "strategy")
+    if problems:
+        raise ConfigError(problems)
+    base = get_class(kwargs.pop("_target_"))
+    strategy = type(f"Flip{base.__name__}", (FlipStrategyMixin, base), {})(**kwargs)
     strategy.flip = settings
     strategy._sampled = {}
     return strategy
