@@ -37,8 +37,9 @@ def compose_recipe(recipe: Path, overrides: list[str], lenient: bool = False) ->
         return compose(config_name=recipe.stem, overrides=[*overrides, searchpath_override()])
 
 
-def group_options(recipe: Path, group: str) -> list[str]:
-    """Options of a config group as seen from `recipe` (empty when `group` is not a group)."""
+def group_options(recipe: Path, names: list[str]) -> dict[str, list[str]]:
+    """Options of each config group in `names` as seen from `recipe` (empty for a non-group)."""
     with recipe_context(recipe) as hydra:
         loader = hydra.config_loader()
-        return loader.get_group_options(group, config_name=recipe.stem, overrides=[searchpath_override()])
+        overrides = [searchpath_override()]
+        return {name: loader.get_group_options(name, config_name=recipe.stem, overrides=overrides) for name in names}

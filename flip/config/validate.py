@@ -28,7 +28,8 @@ from flip.config.allowlist import target_problems
 from flip.config.rules import rule_problems
 from flip.errors import ConfigError
 
-GROUPS = ("data", "model", "trainer", "federation", "privacy")
+# Config groups are the schema names' first parts: data, model, trainer, federation, strategy, ...
+GROUPS = frozenset(name.partition("/")[0] for name in schema.SCHEMAS if "/" in name)
 _MISSING = "???"
 
 
@@ -78,10 +79,11 @@ def _strict_problems(recipe: Path, overrides: list[str]) -> list[str]:
 
 def config_problems(recipe: Path, overrides: list[str]) -> list[str]:
     parsed, problems = parse_overrides(overrides)
+    options = _options(recipe, [o.key_or_group for o in parsed])
     group_overrides, value_overrides = [], []
     for override in parsed:
-        (group_overrides if _is_composition_override(recipe, override) else value_overrides).append(override)
-    problems += _unknown_options(recipe, group_overrides)
+        (group_overrides if _is_composition_override(options, override) else value_overrides).append(override)
+    problems += _unknown_options(options, group_overrides)
     try:
         cfg = compose.compose_recipe(
             recipe, [o.input_line for o in group_overrides if o.input_line], lenient=True
@@ -113,31 +115,33 @@ def parse_overrides(overrides: list[str]) -> tuple[list[Override], list[str]]:
     return parsed, problems
 
 
-def _is_composition_override(recipe: Path, override: Override) -> bool:
+def _is_composition_override(options: dict[str, list[str]], override: Override) -> bool:
     """Overrides Hydra must see while composing: group choices and `hydra.*` settings."""
     if override.is_hydra_override():
         return True
     if isinstance(override.value(), dict):
         return False
-    return bool(_options(recipe, override.key_or_group))
+    return bool(options.get(override.key_or_group))
 
 
 _OPTIONS_CACHE: dict[tuple[Path, str], list[str]] = {}
 
 
-def _options(recipe: Path, group: str) -> list[str]:
-    key = (recipe, group)
-    if key not in _OPTIONS_CACHE:
-        _OPTIONS_CACHE[key] = compose.group_options(recipe, group)
-    return _OPTIONS_CACHE[key]
+def _options(recipe: Path, names: list[str]) -> dict[str, list[str]]:
+    """Group options for each name (empty for value keys), looked up once per recipe and name."""
+    missing = sorted({name for name in names if (recipe, name) not in _OPTIONS_CACHE})
+    if missing:
+        for name, found in compose.group_options(recipe, missing).items():
+            _OPTIONS_CACHE[(recipe, name)] = found
+    return {name: _OPTIONS_CACHE[(recipe, name)] for name in names}
 
 
-def _unknown_options(recipe: Path, overrides: list[Override]) -> list[str]:
+def _unknown_options(all_options: dict[str, list[str]], overrides: list[Override]) -> list[str]:
     problems = []
     for override in list(overrides):
         if override.is_hydra_override() or override.is_delete():
             continue
-        options = _options(recipe, override.key_or_group)
+        options = all_options[override.key_or_group]
         choices = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
         unknown = [c for c in choices if str(c) not in options]
         if unknown:

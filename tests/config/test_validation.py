@@ -97,3 +97,18 @@ def test_sweep_validates_every_job():
 def test_unknown_recipe_names_the_choices():
     with pytest.raises(FlipError, match=r"unknown recipe 'nope': no such file, and no recipe of that name .*available: .*dicom_synthetic_local"):
         resolve_recipe("nope")
+
+
+def test_federated_settings_are_checked_before_flower_starts():
+    recipe = resolve_recipe("dicom_synthetic_fedavg")
+    problems = config_problems(recipe, [
+        "strategy=fedprox", "strategy.proximal_mu=lots", "federation.num_sites=1",
+        "strategy.min_available_nodes=4", "strategy.fraction_train=0.2", "strategy.min_train_nodes=0",
+    ])
+    assert problems == [
+        "strategy.proximal_mu: expected a float, got 'lots'",
+        "federation.num_sites: a simulation run needs at least 2 sites, got 1",
+        "strategy.min_available_nodes: 4 is more than federation.num_sites (1); the run would wait forever for sites",
+        "strategy.min_evaluate_nodes: 2 is more than federation.num_sites (1); the run would wait forever for sites",
+        "strategy.fraction_train: samples no site of 1 (int(1 x 0.2) = 0 and min_train_nodes = 0)",
+    ]
