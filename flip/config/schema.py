@@ -74,6 +74,8 @@ class DicomDataConfig:
     batch_size: int = 16
     num_workers: int = 0
     seed: int = SI("${seed}")
+    # A site with fewer usable items stops the run with one clear message.
+    min_samples: int = 10
     synthetic: Optional[SyntheticDicomConfig] = None
     cache_dir: Optional[str] = None
 

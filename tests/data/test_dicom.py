@@ -15,7 +15,8 @@ import torch
 from pydicom.data import get_testdata_file
 
 from flip.data import default_cache_dir
-from flip.data.dicom import DicomDataModule, load_image, read_manifest, split_by_patient
+from flip.data.base import split_by_patient
+from flip.data.dicom import DicomDataModule, load_image, read_manifest
 from flip.data.synthetic import write_synthetic_dicom
 
 SMALL = {"num_sites": 2, "images_per_site": 40, "image_size": 32, "seed": 1}
