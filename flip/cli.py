@@ -82,6 +82,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from flip.config.recipes import resolve_recipe
+    from flip.config.validate import validate
+    from flip.data.inspect import inspect_sites
+
+    name, overrides = _split_recipe(args.items)
+    cfg = validate(resolve_recipe(name), overrides)
+    sites = inspect_sites(cfg, require_labels=not args.no_labels)
+    if args.json:
+        print(json.dumps({"sites": [site.as_json() for site in sites]}, indent=2))
+    else:
+        from flip.console import print_inventory
+
+        print_inventory(sites)
+    return 0
+
+
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from flip.console import console
     from flip.data.synthetic import write_synthetic_dicom
@@ -127,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="where to write the report (default: DIR when one is given, else here)")
     report.set_defaults(handler=cmd_report)
 
-    data = commands.add_parser("data", help="data tools: synthetic data sets")
+    data = commands.add_parser("data", help="data tools: inspect a recipe's data, write synthetic data")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     synth = data_commands.add_parser("synth", help="write a synthetic multi-site DICOM data set")
     synth.add_argument("--out", default="synthetic-dicom", help="output folder (default: %(default)s)")
@@ -136,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--image-size", type=int, default=64, help="image side in pixels (default: %(default)s)")
     synth.add_argument("--seed", type=int, default=0, help="generator seed (default: %(default)s)")
     synth.set_defaults(handler=cmd_data_synth)
+    inspect = data_commands.add_parser("inspect", help="what each site's data looks like to flip: found, usable, skipped")
+    inspect.add_argument("items", nargs="*", metavar="[RECIPE] [OVERRIDES]", help=items_help)
+    inspect.add_argument("--json", action="store_true", help="print one JSON object: {\"sites\": [...]}")
+    inspect.add_argument("--no-labels", action="store_true", help="report unlabelled items as unlabelled, not as errors")
+    inspect.set_defaults(handler=cmd_data_inspect)
     return parser
 
 

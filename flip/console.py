@@ -28,3 +28,19 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
 def print_problems(message: str) -> None:
     """Errors go to stderr unwrapped, so every problem stays on one line for grep and tests."""
     err_console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+def print_inventory(sites: list) -> None:
+    """One table of counts per site, then every skipped item with its reason."""
+    table = Table(title="data as flip sees it")
+    for column in ("site", "found", "usable", "unlabelled", "skipped", "labels"):
+        table.add_column(column, justify="left" if column in ("site", "labels") else "right")
+    for site in sites:
+        labels = ", ".join(f"{label}: {count}" for label, count in site.labels.items())
+        table.add_row(site.site, str(site.found), str(site.usable), str(site.unlabelled), str(len(site.skipped)), labels)
+    console.print(table)
+    for site in sites:
+        for name, counts in site.counts.items():
+            console.print(f"{site.site} {name}: " + ", ".join(f"{key} {value}" for key, value in counts.items()))
+        for item in site.skipped:
+            console.print(f"{site.site} skipped {item['path']}: {item['reason']}", markup=False, highlight=False)

@@ -95,6 +95,10 @@ class SiteDataModule(L.LightningDataModule):
         log.warning("skipping %s: %s", path, reason)
         self.skipped.append((path, reason))
 
+    def inventory(self) -> dict[str, dict[str, int]]:
+        """Source-specific counts for `flip data inspect` (e.g. transfer syntaxes, resource types)."""
+        return {}
+
     def group_source(self) -> tuple[str, str] | None:
         """('column' | 'attribute', name) when sites come from a manifest column or file attribute."""
         partition = self.partition
@@ -127,7 +131,7 @@ class SiteDataModule(L.LightningDataModule):
         items = self.load_items(site_dir)
         if self.partition is not None and not self._partition_by_folder():
             items = self._partition_items(items)
-        if len(items) < max(self.min_samples, 1):
+        if len(items) < self.min_samples:
             raise ValueError(
                 f"site {self.site_name}: {len(items)} usable item(s) in {site_dir}, fewer than "
                 f"data.min_samples={self.min_samples} ({len(self.skipped)} skipped)"
