@@ -112,7 +112,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         seed=args.seed,
     )
-    console.print(f"wrote synthetic DICOM data for {args.sites} site(s) to [bold]{out}[/bold]")
+    console.print(f"wrote synthetic DICOM, FHIR and notes for {args.sites} site(s) to [bold]{out}[/bold]")
     return 0
 
 
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="data tools: inspect a recipe's data, write synthetic data")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
-    synth = data_commands.add_parser("synth", help="write a synthetic multi-site DICOM data set")
+    synth = data_commands.add_parser("synth", help="write a synthetic multi-site data set: DICOM, FHIR export, notes")
     synth.add_argument("--out", default="synthetic-dicom", help="output folder (default: %(default)s)")
     synth.add_argument("--sites", type=int, default=3, help="number of sites (default: %(default)s)")
     synth.add_argument("--images-per-site", type=int, default=240, help="mean images per site (default: %(default)s)")

@@ -43,7 +43,16 @@ def build_datamodule(cfg: DictConfig, **overrides: Any) -> L.LightningDataModule
 
 
 def build_model(cfg: DictConfig) -> L.LightningModule:
-    return safe_instantiate(cfg.model, cfg.allowed_targets, "model")
+    """The configured model; a tabular model's input width comes from the data's feature spec,
+    so the server and every site agree on it before any data is read."""
+    from flip.data.fhir_features import num_features
+
+    extra = {}
+    if "in_features" in cfg.model and cfg.model.in_features is None:
+        extra["in_features"] = num_features(cfg.data)
+    if "tabular_features" in cfg.model and cfg.model.tabular_features is None and cfg.data.get("tabular"):
+        extra["tabular_features"] = num_features(cfg.data.tabular)
+    return safe_instantiate(cfg.model, cfg.allowed_targets, "model", **extra)
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[Callback], logger: Logger | bool, **overrides: Any) -> L.Trainer:

@@ -85,3 +85,27 @@ def test_data_synth_writes_real_dicom_deterministically(tmp_path):
     ds = pydicom.dcmread(first[0])
     assert ds.Modality and ds.pixel_array.shape == (32, 32) and ds.SOPInstanceUID.is_valid
     assert (tmp_path / "a" / "site-2" / "labels.csv").is_file()
+
+
+def test_data_inspect_reports_every_site_and_every_skipped_file_as_json(tmp_path):
+    import json
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from flip.data.synthetic import write_synthetic_dicom
+
+    root = write_synthetic_dicom(tmp_path / "data", num_sites=2, images_per_site=12, image_size=32, seed=3)
+    (root / "site-2" / "dicom" / "broken.dcm").write_bytes(b"not a dicom file at all")
+    shutil.copy(get_testdata_file("MR_small.dcm", download=False), root / "site-2" / "dicom" / "stranger.dcm")
+    result = flip("data", "inspect", "dicom_synthetic_fedavg", f"data.root={root}", "federation.num_sites=2",
+                  "federation.server_eval_site=null", "data.min_samples=1", "--json")
+    assert result.returncode == 0, result.stderr
+    sites = json.loads(result.stdout)["sites"]
+    assert [site["site"] for site in sites] == ["site-1", "site-2"]
+    site2 = sites[1]
+    assert site2["found"] == site2["usable"] + len(site2["skipped"]) + site2["unlabelled"]
+    assert sum(site2["labels"].values()) == site2["usable"] > 0
+    reasons = {item["path"]: item["reason"] for item in site2["skipped"]}
+    assert reasons["dicom/broken.dcm"] == "not a DICOM file"
+    assert reasons["dicom/stranger.dcm"].startswith("no label for SOPInstanceUID")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Callable
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from flip.config.schema import METRIC_NAMES
+from flip.config.schema_fhir import fhir_problems
+from flip.config.schema_text import text_rule
 from flip.config.strategies import strategy_problems
 from flip.data.partition import KINDS
 
@@ -125,8 +127,43 @@ def _partition(cfg: DictConfig) -> list[str]:
     return problems
 
 
+def _fhir(cfg: DictConfig) -> list[str]:
+    if cfg.data.get("_target_") == "flip.data.fhir.FhirDataModule":
+        return fhir_problems(cfg.data)
+    return []
+
+
+def _multimodal(cfg: DictConfig) -> list[str]:
+    """Each modality's settings are checked against its own source's schema and rules."""
+    if cfg.data.get("_target_") != "flip.data.multimodal.MultimodalDataModule":
+        return []
+    from flip.config.schema import SCHEMAS
+    from flip.config.validate import check_node
+
+    data = cfg.data
+    configured = [m for m in ("image", "tabular", "text") if data.get(m)]
+    problems = []
+    if len(configured) < 2:
+        problems.append(f"data: a multimodal join needs two or more of image, tabular, text; got {configured}")
+    if data.label_from not in configured:
+        problems.append(f"data.label_from: '{data.label_from}' is not a configured modality ({', '.join(configured)})")
+    if data.missing not in ("drop", "mask"):
+        problems.append(f"data.missing: must be drop or mask, got '{data.missing}'")
+    schemas = {"image": "data/dicom", "tabular": "data/fhir", "text": "data/text"}
+    for modality in configured:
+        # The join sets each source's folder to the site's own.
+        settings = {**OmegaConf.to_container(data[modality], resolve=True), "root": "-"}
+        problems += check_node(settings, SCHEMAS[schemas[modality]], f"data.{modality}")
+    if "tabular" in configured:
+        problems += [p.replace("data.", "data.tabular.", 1) for p in fhir_problems(data.tabular)]
+    model_modalities = cfg.model.get("modalities")
+    if model_modalities is not None and list(model_modalities) != configured:
+        problems.append(f"model.modalities: {list(model_modalities)} must equal the data's modalities {configured}")
+    return problems
+
+
 RULES: tuple[Callable[[DictConfig], list[str]], ...] = (
-    _mode, _privacy, _metrics, _model, _splits, _data_source, _positive, _federation, _partition
+    _mode, _privacy, _metrics, _model, _splits, _data_source, _positive, _federation, _partition, text_rule, _fhir, _multimodal
 )
 
 

@@ -15,6 +15,9 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, SI
 
+from flip.config.schema_fhir import FHIR_SCHEMAS
+from flip.config.schema_synthetic import SyntheticDataConfig
+from flip.config.schema_text import TEXT_SCHEMAS
 from flip.config.strategies import STRATEGY_SCHEMAS
 
 SCHEMA_MARKER = "_schema_"
@@ -48,27 +51,34 @@ class FlipConfig:
 
 
 @dataclass
-class SyntheticDicomConfig:
-    num_sites: int = 3
-    images_per_site: int = 240
-    image_size: int = 64
-    seed: int = 0
-
-
-@dataclass
 class DicomDataConfig:
     _target_: str = "flip.data.dicom.DicomDataModule"
     # Folder of DICOM files; null with `synthetic` set generates data into flip's cache.
     root: Optional[str] = MISSING
     # Sub-folder of root holding this site's data (e.g. site-1); null uses root itself.
     site: Optional[str] = None
-    labels: str = "labels.csv"
+    # Sub-folder of the site folder that holds the DICOM files (null: the whole site folder).
+    dicom_dir: Optional[str] = None
+    # Labels CSV (relative to the site folder, or absolute); null with label_attribute reads labels from headers.
+    labels: Optional[str] = "labels.csv"
     key_column: str = "SOPInstanceUID"
     label_column: str = "label"
     patient_column: str = "PatientID"
     image_size: int = 64
     window_center: Optional[float] = None
     window_width: Optional[float] = None
+    # image: one 2-D item per file (multi-frame: `frames` first, middle or all); volume: one item per series.
+    mode: str = "image"
+    channels: int = 1
+    frames: str = "middle"
+    volume_size: Optional[List[int]] = None
+    # Labels from a header attribute instead of a CSV: its values mapped to classes.
+    label_attribute: Optional[str] = None
+    label_map: Optional[Dict[str, int]] = None
+    num_classes: Optional[int] = None
+    require_labels: bool = True
+    # Keep decoded, preprocessed pixels in flip's cache, keyed by file content and settings.
+    cache: bool = True
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     batch_size: int = 16
@@ -76,8 +86,54 @@ class DicomDataConfig:
     seed: int = SI("${seed}")
     # A site with fewer usable items stops the run with one clear message.
     min_samples: int = 10
-    synthetic: Optional[SyntheticDicomConfig] = None
+    synthetic: Optional[SyntheticDataConfig] = None
     cache_dir: Optional[str] = None
+
+
+@dataclass
+class MultimodalDataConfig:
+    """Image, FHIR-derived features and notes of one site, joined per patient."""
+
+    _target_: str = "flip.data.multimodal.MultimodalDataModule"
+    # The modalities' settings carry their own `_target_`s: the join builds them, not Hydra.
+    _recursive_: bool = False
+    root: Optional[str] = MISSING
+    site: Optional[str] = None
+    # Each modality's settings are those of its own data option (dicom, fhir, text), minus root/site.
+    image: Optional[Dict[str, Any]] = None
+    tabular: Optional[Dict[str, Any]] = None
+    text: Optional[Dict[str, Any]] = None
+    label_from: str = "tabular"
+    # A patient missing a modality: drop it, or mask (zeros plus a 0 in the modality mask).
+    missing: str = "mask"
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    batch_size: int = 32
+    num_workers: int = 0
+    seed: int = SI("${seed}")
+    min_samples: int = 10
+    synthetic: Optional[SyntheticDataConfig] = None
+    cache_dir: Optional[str] = None
+
+
+@dataclass
+class FusionClassifierConfig:
+    _target_: str = "flip.models.fusion.FusionClassifier"
+    modalities: List[str] = field(default_factory=lambda: ["image", "tabular", "text"])
+    num_classes: int = 2
+    channels: List[int] = field(default_factory=lambda: [16, 32, 64])
+    # null: flip sets it from data.tabular's feature spec.
+    tabular_features: Optional[int] = None
+    tabular_hidden: List[int] = field(default_factory=lambda: [32])
+    num_buckets: int = 16384
+    embedding_dim: int = 32
+    hidden: int = 64
+    dropout: float = 0.1
+    metrics: List[str] = field(default_factory=lambda: ["accuracy", "auroc", "f1"])
+    optimizer: Dict[str, Any] = field(
+        default_factory=lambda: {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
+    )
+    scheduler: Optional[Dict[str, Any]] = None
 
 
 @dataclass
@@ -168,6 +224,8 @@ class NoPrivacyConfig:
 SCHEMAS: Dict[str, type] = {
     "root": FlipConfig,
     "data/dicom": DicomDataConfig,
+    "data/multimodal": MultimodalDataConfig,
+    "model/fusion": FusionClassifierConfig,
     "model/image_classifier": ImageClassifierConfig,
     "trainer/lightning": TrainerConfig,
     "federation/local": LocalFederationConfig,
@@ -175,6 +233,8 @@ SCHEMAS: Dict[str, type] = {
     "partition/partition": PartitionConfig,
     "privacy/none": NoPrivacyConfig,
     **STRATEGY_SCHEMAS,
+    **TEXT_SCHEMAS,
+    **FHIR_SCHEMAS,
 }
 
 

@@ -57,8 +57,13 @@ class SiteDataModule(L.LightningDataModule):
         seed: int = 0,
         min_samples: int = 1,
         partition: Mapping | None = None,
+        *,
+        synthetic: Mapping | None = None,
+        cache_dir: str | Path | None = None,
     ):
         super().__init__()
+        if root is None and synthetic is None:
+            raise ValueError(f"{type(self).__name__} needs `root` (the folder of this site's data) or `synthetic` parameters")
         if not (val_fraction >= 0 and test_fraction >= 0 and val_fraction + test_fraction < 1):
             raise ValueError("val_fraction and test_fraction must be >= 0 and sum to less than 1")
         self.root = Path(root).expanduser() if root is not None else None
@@ -72,6 +77,8 @@ class SiteDataModule(L.LightningDataModule):
         # One part of a split data set: kind, source, name, alpha, min_size, seed, index,
         # num_partitions, exclude (site folders that are not federation members).
         self.partition = dict(partition) if partition is not None else None
+        self.synthetic = dict(synthetic) if synthetic is not None else None
+        self.cache_dir = cache_dir
         self.site_name = site or (self.root.name if self.root is not None else None)
         self.num_items_found = 0
         self.skipped: list[tuple[str, str]] = []
@@ -82,9 +89,12 @@ class SiteDataModule(L.LightningDataModule):
     # -- for subclasses
 
     def resolve_root(self) -> Path:
-        """The data root; sources that can generate their data override this."""
+        """The data root; with `synthetic` and no root, flip's generated data set in its cache."""
         if self.root is None:
-            raise ValueError(f"{type(self).__name__} needs `root`: the folder of this site's data")
+            from flip.data import default_cache_dir
+            from flip.data.synthetic import ensure_synthetic_dicom
+
+            return ensure_synthetic_dicom(self.cache_dir or default_cache_dir(), **self.synthetic)
         return self.root
 
     def load_items(self, site_dir: Path) -> list[Item]:
@@ -178,12 +188,19 @@ class SiteDataModule(L.LightningDataModule):
         return folders[index]
 
     def _partition_items(self, items: list[Item]) -> list[Item]:
-        """This site's share of a pooled data set (iid, dirichlet, quantity, or by a column/attribute)."""
+        """This site's share of a pooled data set (iid, dirichlet, quantity, or by a column/attribute).
+
+        Patients are partitioned, not items, so no patient's data is spread over two sites.
+        """
         partition = self.partition
-        groups = [item.group for item in items] if partition["kind"] == "by_site" else None
+        by_patient: dict[str, list[Item]] = defaultdict(list)
+        for item in items:
+            by_patient[item.patient].append(item)
+        patients = sorted(by_patient)
+        groups = [by_patient[p][0].group for p in patients] if partition["kind"] == "by_site" else None
         parts = partition_indices(
             partition["kind"],
-            labels=[item.label for item in items],
+            labels=[max(item.label for item in by_patient[p]) for p in patients],
             num_partitions=partition["num_partitions"],
             seed=partition["seed"],
             alpha=partition.get("alpha", 0.5),
@@ -191,7 +208,7 @@ class SiteDataModule(L.LightningDataModule):
             min_size=partition.get("min_size", 1),
         )
         self.site_name = partition_names(partition["kind"], partition["num_partitions"], groups)[partition["index"]]
-        return [items[i] for i in parts[partition["index"]]]
+        return [item for i in parts[partition["index"]] for item in by_patient[patients[i]]]
 
 
 def split_by_patient(

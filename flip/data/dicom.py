@@ -1,95 +1,80 @@
-"""A Lightning data module over a folder of DICOM files plus a CSV manifest of labels."""
+"""A Lightning data module over a site's DICOM files: 2-D images or 3-D series, with their labels.
+
+What is scanned: every file under the site folder (or its `dicom_dir` sub-folder), any names,
+nested. Not read and not reported: sidecars that describe data rather than hold images (`.csv`,
+`.json`, `.ndjson`, `.ndjson.gz`, `.txt`, `.md`), hidden files (a name or folder starting with
+"."), and DICOMDIR indexes (by name, or by their Media Storage Directory SOP class). Every other
+file is counted in `found_files` and either becomes an item or is reported in `skipped` with its
+reason: not DICOM, unreadable, no pixel data, no decoder for its transfer syntax, pixels that do
+not decode, an unsupported photometric interpretation, a series that is not one volume, no label
+or an unknown label. Label rows that name no image found are reported once, as a count and the
+first keys.
+
+Pixels: see `flip.data.dicom_pixels` (2-D) and `flip.data.dicom_series` (3-D). Decoded tensors
+are cached on disk (`flip.data.dicom_cache`), so later rounds and runs do not decode again.
+"""
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
-from collections.abc import Mapping
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-
-import numpy as np
-import pydicom
-import torch
-from pydicom.errors import InvalidDicomError
-from pydicom.multival import MultiValue
-from pydicom.pixels import apply_modality_lut, apply_windowing
 
 from flip.data import default_cache_dir
 from flip.data.base import Item, SiteDataModule
-from flip.data.synthetic import ensure_synthetic_dicom
+from flip.data.dicom_cache import DecodedCache, hash_file
+from flip.data.dicom_files import READ_THREADS, Preprocess, list_files, prefetch, read_record
+from flip.data.dicom_labels import (
+    KEY_COLUMNS,
+    UNLABELLED,
+    VOLUME_KEY_COLUMNS,
+    Labeller,
+    LabelRow,
+    Verdict,
+    attribute_tag,
+    read_label_rows,
+)
+from flip.data.dicom_pixels import CHANNELS, FRAMES, describe, load_image, one_thread
+from flip.data.dicom_series import Slice, SeriesError, build_volume, group_series, order_slices, series_key
 
-# Manifests and descriptions beside the images are not images: not read, not reported.
-_SIDECARS = {".csv", ".json"}
+__all__ = ["DicomDataModule", "load_image", "read_manifest", "MODES"]
 
+MODES = ("image", "volume")
 
-def load_image(
-    ds: pydicom.Dataset, image_size: int, window_center: float | None = None, window_width: float | None = None
-) -> torch.Tensor:
-    """Decode one monochrome image into a float tensor of shape [1, image_size, image_size] in [0, 1].
-
-    Applies the modality LUT (rescale), then the given window, else the header's first
-    window, else min-max scaling; inverts MONOCHROME1 so bright always means dense.
-    """
-    photometric = ds.get("PhotometricInterpretation", "")
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise ValueError(f"unsupported PhotometricInterpretation {photometric!r} (need MONOCHROME1/2)")
-    if int(ds.get("NumberOfFrames") or 1) != 1:
-        raise ValueError(f"multi-frame images are not supported ({ds.NumberOfFrames} frames)")
-    values = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
-    scaled = _window(values, ds, window_center, window_width)
-    if photometric == "MONOCHROME1":
-        scaled = 1.0 - scaled
-    return _resize(torch.from_numpy(scaled).float(), image_size)
+def item_keys(meta: Mapping[str, str], relative: str) -> dict[str, str]:
+    """The values a label row may be keyed by, for one file."""
+    return {"path": relative, **{column: meta.get(column, "") for column in KEY_COLUMNS if column != "path"}}
 
 
-def _window(values: np.ndarray, ds: pydicom.Dataset, center: float | None, width: float | None) -> np.ndarray:
-    """Window `values` into [0, 1] with pydicom's VOI windowing, or min-max without a window."""
-    if center is None or width is None:
-        center, width = _header_window(ds)
-    if center is None or width is None:
-        return _min_max(values)
-    # pydicom maps the window onto the stored-value range; 1 unsigned bit makes that [0, 1].
-    voi = pydicom.Dataset()
-    voi.PhotometricInterpretation = "MONOCHROME2"
-    voi.BitsStored, voi.PixelRepresentation = 1, 0
-    voi.WindowCenter, voi.WindowWidth = center, width
-    voi.VOILUTFunction = ds.get("VOILUTFunction") or "LINEAR"
-    return apply_windowing(values, voi)
-
-
-def _header_window(ds: pydicom.Dataset) -> tuple[float | None, float | None]:
-    """The first Window Center/Width pair of the header, or (None, None)."""
-    if "WindowCenter" not in ds or "WindowWidth" not in ds:
-        return None, None
-    return _first(ds.WindowCenter), _first(ds.WindowWidth)
-
-
-def _first(value) -> float:
-    """The first value of a possibly multi-valued DS element."""
-    return float(value[0]) if isinstance(value, MultiValue) else float(value)
-
-
-def _min_max(values: np.ndarray) -> np.ndarray:
-    low, high = values.min(), values.max()
-    return (values - low) / (high - low) if high > low else np.zeros_like(values)
-
-
-def _resize(image: torch.Tensor, image_size: int) -> torch.Tensor:
-    resized = torch.nn.functional.interpolate(
-        image[None, None], size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False
-    )
-    return resized[0].clamp_(0.0, 1.0)
+def series_paths(groups: Mapping[str, Sequence[Slice]]) -> dict[str, str]:
+    """Where each series lives, for reports: its file, the folder its files share when no other
+    series shares it, else its first file and how many more."""
+    common = {
+        uid: members[0].relative if len(members) == 1 else os.path.commonpath([m.relative for m in members]) or "."
+        for uid, members in groups.items()
+    }
+    shared = Counter(common.values())
+    return {
+        uid: path if shared[path] == 1 else f"{groups[uid][0].relative} (+{len(groups[uid]) - 1} more)"
+        for uid, path in common.items()
+    }
 
 
 class DicomDataModule(SiteDataModule):
-    """Labelled DICOM images of one site: a folder of Part-10 files plus a CSV manifest of labels."""
+    """Labelled DICOM images (or series) of one site, with every unusable file reported.
+
+    After `setup()`, besides the base class's report: `found_files` (files scanned, sidecars and
+    DICOMDIR aside), `transfer_syntaxes` and `modalities` (Counters over readable DICOM files),
+    `unlabelled` (items kept without a label when `require_labels=False`), `files_used` and, in
+    volume mode, `volume_spacing` (output voxel spacing in mm per SeriesInstanceUID).
+    """
 
     def __init__(
         self,
         root: str | Path | None = None,
         site: str | None = None,
-        labels: str = "labels.csv",
+        labels: str | None = "labels.csv",
         key_column: str = "SOPInstanceUID",
         label_column: str = "label",
         patient_column: str = "PatientID",
@@ -105,14 +90,23 @@ class DicomDataModule(SiteDataModule):
         synthetic: Mapping | None = None,
         cache_dir: str | Path | None = None,
         partition: Mapping | None = None,
+        dicom_dir: str | None = None,
+        mode: str = "image",
+        channels: int = 1,
+        frames: str = "middle",
+        volume_size: Sequence[int] | None = None,
+        label_attribute: str | None = None,
+        label_map: Mapping[str, int] | None = None,
+        num_classes: int | None = None,
+        require_labels: bool = True,
+        cache: bool = True,
     ):
-        super().__init__(root, site, val_fraction, test_fraction, batch_size, num_workers, seed, min_samples, partition)
-        if root is None and synthetic is None:
-            raise ValueError("DicomDataModule needs `root` (a folder of DICOM files) or `synthetic` parameters")
-        if key_column not in ("SOPInstanceUID", "path"):
-            raise ValueError(f"key_column must be 'SOPInstanceUID' or 'path', not {key_column!r}")
-        if (window_center is None) != (window_width is None):
-            raise ValueError("set both window_center and window_width, or neither")
+        super().__init__(
+            root, site, val_fraction, test_fraction, batch_size, num_workers, seed, min_samples, partition,
+            synthetic=synthetic, cache_dir=cache_dir,
+        )  # fmt: skip
+        check_options(mode, key_column, channels, frames, volume_size, window_center, window_width)
+        check_labels(labels, label_attribute, label_map, num_classes, require_labels)
         self.labels = labels
         self.key_column = key_column
         self.label_column = label_column
@@ -120,80 +114,262 @@ class DicomDataModule(SiteDataModule):
         self.image_size = image_size
         self.window_center = window_center
         self.window_width = window_width
-        self.synthetic = dict(synthetic) if synthetic is not None else None
-        self.cache_dir = cache_dir
+        self.dicom_dir = dicom_dir
+        self.mode = mode
+        self.channels = channels
+        self.frames = frames
+        self.volume_size = tuple(int(v) for v in volume_size) if volume_size is not None else (image_size,) * 3
+        self.label_attribute = label_attribute
+        self.label_map = dict(label_map) if label_map is not None else None
+        self.num_classes = num_classes
+        self.require_labels = require_labels
+        self.cache = cache
+        self._reset_report()
 
-    def resolve_root(self) -> Path:
-        """The DICOM root; with `synthetic` and no root, the generated data set in flip's cache."""
-        if self.root is None:
-            return ensure_synthetic_dicom(self.cache_dir or default_cache_dir(), **self.synthetic)
-        return self.root
+    def _reset_report(self) -> None:
+        self.found_files = 0
+        self.transfer_syntaxes: Counter[str] = Counter()
+        self.modalities: Counter[str] = Counter()
+        self.unlabelled = 0
+        self.files_used: list[str] = []
+        self.volume_spacing: dict[str, tuple[float, float, float]] = {}
+        self.cache_hits = 0
+
+    def setup(self, stage: str | None = None) -> None:
+        """As the base class; unlabelled items (label -1) are counted in `unlabelled`, not `label_counts`."""
+        super().setup(stage)
+        if UNLABELLED in self.label_counts:
+            self.unlabelled = self.label_counts.pop(UNLABELLED)
+
+    # -- reading a site
 
     def load_items(self, site_dir: Path) -> list[Item]:
-        manifest_path = self._manifest_path(site_dir)
-        source = self.group_source()
-        group_column = source[1] if source and source[0] == "column" else None
-        manifest = read_manifest(manifest_path, self.key_column, self.label_column, self.patient_column, group_column)
-        items = []
-        for path in sorted(p for p in site_dir.rglob("*") if p.is_file() and p.suffix.lower() not in _SIDECARS):
-            relative = path.relative_to(site_dir).as_posix()
-            item_or_reason = self._load_item(path, relative, manifest)
-            if isinstance(item_or_reason, str):
-                self.skip(relative, item_or_reason)
+        self._reset_report()
+        scan_dir = self._scan_dir(site_dir)
+        labeller = self._labeller(site_dir)
+        preprocess = self._preprocess()
+        cache = DecodedCache(self._decoded_dir(), scan_dir, preprocess.settings())
+        with one_thread():
+            scanned = self._scan(site_dir, scan_dir, cache, preprocess, labeller)
+            if self.mode == "image":
+                items = self._image_items(scanned, labeller)
             else:
-                items.append(item_or_reason)
+                items = self._volume_items(scanned, labeller, cache)
+        self.cache_hits = cache.hits
+        self._report_unmatched(labeller)
+        cache.save()
         return items
 
-    def _manifest_path(self, site_dir: Path) -> Path:
-        path = Path(self.labels)
-        path = path if path.is_absolute() else site_dir / path
-        if not path.is_file():
-            raise FileNotFoundError(f"labels CSV not found: {path}")
-        return path
+    def _scan_dir(self, site_dir: Path) -> Path:
+        scan_dir = site_dir / self.dicom_dir if self.dicom_dir else site_dir
+        if not scan_dir.is_dir():
+            raise FileNotFoundError(f"DICOM folder not found: {scan_dir} (data.dicom_dir={self.dicom_dir!r})")
+        return scan_dir
 
-    def _load_item(self, path: Path, relative: str, manifest: dict[str, tuple[int, str, str]]) -> Item | str:
-        """The decoded item, or the reason the file cannot be used."""
-        data = path.read_bytes()
+    def _preprocess(self) -> Preprocess:
+        window = (float(self.window_center), float(self.window_width)) if self.window_center is not None else None
+        source = self.group_source()
+        attributes = [self.label_attribute] if self.label_attribute else []
+        attributes += [source[1]] if source and source[0] == "attribute" else []
+        volume_size = self.volume_size if self.mode == "volume" else None
+        return Preprocess(self.mode, self.image_size, window, self.channels, self.frames, volume_size, tuple(sorted(set(attributes))))
+
+    def _decoded_dir(self) -> Path | None:
+        return Path(self.cache_dir or default_cache_dir()).expanduser() / "decoded" if self.cache else None
+
+    def _scan(
+        self, site_dir: Path, scan_dir: Path, cache: DecodedCache, preprocess: Preprocess, labeller: Labeller
+    ) -> list[tuple[Slice, dict]]:
+        """Every candidate file's record (from the cache, else read); the usable ones with pixels."""
+        usable = []
+        prefix = scan_dir.relative_to(site_dir).as_posix() + "/" if scan_dir != site_dir else ""
+        files = [(prefix + name, path) for name, path in list_files(scan_dir, self._decoded_dir())]
+        for (relative, path), outcome in zip(files, self._outcomes(files, cache, preprocess), strict=True):
+            if isinstance(outcome, OSError):  # vanished, unreadable, a dangling link
+                self.found_files += 1
+                self.skip(relative, f"cannot read file: {describe(outcome)}")
+                continue
+            entry, record, fresh = outcome
+            cache.book(relative, entry, record, fresh)
+            if record.get("dicomdir"):
+                continue
+            self.found_files += 1
+            self._count(record["meta"], relative, labeller)
+            if record["reason"]:
+                self.skip(relative, record["reason"])
+            else:
+                usable.append((Slice(relative, path, entry[1], record["meta"]), record))
+        return usable
+
+    @staticmethod
+    def _outcomes(files: list[tuple[str, Path]], cache: DecodedCache, preprocess: Preprocess) -> list:
+        """Per file ([signature, sha256], record, fresh) or the OSError that stopped reading it.
+
+        Unchanged files (same signature, record cached) are answered from the cache here; the
+        rest are hashed and, on a miss, parsed and decoded on a few threads (hashing, I/O,
+        decoders and tensor work release the GIL, pydicom's parsing does not).
+        """
+
+        def work(pair: tuple[str, Path]) -> tuple[list, dict, bool]:
+            entry, data = hash_file(pair[1], cache.files.get(pair[0]))
+            record = cache.peek(entry[1])
+            if record is not None:
+                return entry, record, False
+            return entry, read_record(data if data is not None else pair[1].read_bytes(), preprocess), True
+
+        outcomes = [cache.unchanged(relative, path) for relative, path in files]
+        missing = [index for index, outcome in enumerate(outcomes) if outcome is None]
+        for index, outcome in zip(missing, prefetch(work, [files[i] for i in missing], READ_THREADS), strict=True):
+            outcomes[index] = outcome
+        return outcomes
+
+    def _count(self, meta: Mapping[str, str], relative: str, labeller: Labeller) -> None:
+        if meta:
+            self.transfer_syntaxes[meta["TransferSyntax"]] += 1
+            self.modalities[meta.get("Modality") or "unknown"] += 1
+        labeller.see(item_keys(meta, relative))
+
+    # -- items
+
+    def _image_items(self, scanned: list[tuple[Slice, dict]], labeller: Labeller) -> list[Item]:
+        items = []
+        for file, record in scanned:
+            verdict = self._verdict(labeller, file.meta, file.relative)
+            if verdict is None:
+                continue
+            uid = file.meta.get("SOPInstanceUID") or file.relative
+            images = record["images"]
+            patient, group = self._patient(verdict.row, file.meta, file.relative), self._group(verdict.row, file.meta)
+            for index, image in enumerate(images):
+                key = uid if len(images) == 1 else f"{uid}#frame{index}"
+                items.append(Item((image,), verdict.label, patient, key, file.sha, group))
+            self.files_used.append(file.relative)
+        return items
+
+    def _volume_items(self, scanned: list[tuple[Slice, dict]], labeller: Labeller, cache: DecodedCache) -> list[Item]:
+        items = []
+        groups = group_series([file for file, _ in scanned])
+        paths = series_paths(groups)
+        for uid, members in groups.items():
+            key = series_key(members)
+            record = cache.volume(key)
+            if record is None:
+                record = self._volume_record(members)
+                cache.put_volume(key, record)
+            where = paths[uid]
+            if record["reason"]:
+                self.skip(where, f"series {uid}: {record['reason']}")
+                continue
+            meta = members[0].meta
+            verdict = self._verdict(labeller, meta, where)
+            if verdict is None:
+                continue
+            patient, group = self._patient(verdict.row, meta, where), self._group(verdict.row, meta)
+            items.append(Item((record["volume"],), verdict.label, patient, uid, key, group))
+            self.volume_spacing[uid] = tuple(record["spacing"])
+            self.files_used.extend(member.relative for member in members)
+        return items
+
+    def _volume_record(self, members: list[Slice]) -> dict:
+        window = self._preprocess().window
         try:
-            ds = pydicom.dcmread(io.BytesIO(data))
-        except InvalidDicomError:
-            return "not a DICOM file"
-        except Exception as error:  # a damaged file may fail anywhere in the parser
-            return f"unreadable DICOM: {type(error).__name__}: {error}"
-        if "PixelData" not in ds:
-            return "no pixel data"
-        key = relative if self.key_column == "path" else str(ds.get("SOPInstanceUID", ""))
-        if key not in manifest:
-            return f"no label for {self.key_column} {key!r}"
-        label, patient, group = manifest[key]
+            ordered, positions = order_slices(members)
+            volume, spacing = build_volume(ordered, positions, self.volume_size, window, self.channels)
+        except SeriesError as error:
+            return {"reason": str(error)}
+        except Exception as error:  # a slice that parsed once but breaks the volume steps
+            return {"reason": f"cannot build the volume: {describe(error)}"}
+        return {"reason": None, "volume": volume, "spacing": list(spacing)}
+
+    def _verdict(self, labeller: Labeller, meta: Mapping[str, str], where: str) -> Verdict | None:
+        """The item's label, or None after reporting why it is left out."""
+        attribute = meta.get(f"attribute:{self.label_attribute}", "") if self.label_attribute else ""
+        verdict = labeller.verdict(item_keys(meta, where), attribute)
+        if verdict.problem is None or (verdict.problem == "missing" and not self.require_labels):
+            return verdict
+        self.skip(where, verdict.reason)
+        return None
+
+    def _patient(self, row: LabelRow | None, meta: Mapping[str, str], where: str) -> str:
+        """The manifest's patient, else the header's PatientID, else one patient per item."""
+        return (row.patient if row else "") or meta.get("PatientID", "") or f"image:{where}"
+
+    def _group(self, row: LabelRow | None, meta: Mapping[str, str]) -> str:
         source = self.group_source()
         if source and source[0] == "attribute":
-            group = str(ds.get(source[1], ""))
-        try:
-            image = load_image(ds, self.image_size, self.window_center, self.window_width)
-        except Exception as error:  # decoders raise many kinds for damaged or unsupported pixels
-            return f"cannot decode pixels: {type(error).__name__}: {error}"
-        uid = str(ds.get("SOPInstanceUID", ""))
-        return Item((image,), label, patient or f"image:{relative}", uid, hashlib.sha256(data).hexdigest(), group)
+            return meta.get(f"attribute:{source[1]}", "")
+        return row.group if row else ""
+
+    # -- labels
+
+    def _labeller(self, site_dir: Path) -> Labeller:
+        rows = None
+        if self.label_attribute is None and self.labels is not None:
+            path = Path(self.labels) if Path(self.labels).is_absolute() else site_dir / self.labels
+            if path.is_file():
+                source = self.group_source()
+                group_column = source[1] if source and source[0] == "column" else None
+                rows = read_label_rows(path, self.key_column, self.label_column, self.patient_column, group_column)
+            elif self.require_labels:
+                raise FileNotFoundError(f"labels CSV not found: {path}")
+            else:
+                self.skip(self.labels, "labels CSV not found: every item is unlabelled")
+        name = Path(self.labels).name if self.labels else "labels"
+        return Labeller(rows, self.key_column, self.label_attribute, self.label_map, self.num_classes, name)
+
+    def _report_unmatched(self, labeller: Labeller) -> None:
+        keys = labeller.unmatched()
+        if keys:
+            shown = ", ".join(repr(key) for key in keys[:5]) + (", ..." if len(keys) > 5 else "")
+            total = len(labeller.rows)
+            self.skip(str(self.labels), f"{len(keys)} of {total} label row(s) match no image found ({self.key_column}): {shown}")
+
+
+def check_options(
+    mode: str,
+    key_column: str,
+    channels: int,
+    frames: str,
+    volume_size: Sequence[int] | None,
+    window_center: float | None,
+    window_width: float | None,
+) -> None:
+    """Raise ValueError for an impossible combination of pixel and key options."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    allowed = KEY_COLUMNS if mode == "image" else VOLUME_KEY_COLUMNS
+    if key_column not in allowed:
+        raise ValueError(f"key_column must be one of {allowed} in {mode} mode, not {key_column!r}")
+    if channels not in CHANNELS:
+        raise ValueError(f"channels must be 1 or 3, not {channels!r}")
+    if frames not in FRAMES:
+        raise ValueError(f"frames must be one of {FRAMES}, not {frames!r}")
+    if volume_size is not None and (len(volume_size) != 3 or min(int(v) for v in volume_size) < 1):
+        raise ValueError(f"volume_size must be three positive sizes [D, H, W], not {list(volume_size)}")
+    if (window_center is None) != (window_width is None):
+        raise ValueError("set both window_center and window_width, or neither")
+
+
+def check_labels(
+    labels: str | None, label_attribute: str | None, label_map: Mapping | None, num_classes: int | None, require_labels: bool
+) -> None:
+    """Raise ValueError when no label source is set though labels are required, or a source is malformed."""
+    if labels is None and label_attribute is None and require_labels:
+        raise ValueError("no label source: set `labels` (a CSV) or `label_attribute`, or require_labels=False")
+    if label_attribute is not None:
+        attribute_tag(label_attribute)
+    if label_map is not None and not all(isinstance(v, int) and v >= 0 for v in label_map.values()):
+        raise ValueError(f"label_map values must be class indices >= 0, not {dict(label_map)}")
+    if num_classes is not None and num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, not {num_classes}")
 
 
 def read_manifest(
     path: Path, key_column: str, label_column: str, patient_column: str, group_column: str | None = None
 ) -> dict[str, tuple[int, str, str]]:
-    """Map each key to (label, patient, group); patient and group are "" when the CSV lacks them."""
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        required = (key_column, label_column, *([group_column] if group_column else []))
-        missing = [column for column in required if column not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}; found {reader.fieldnames}")
-        manifest = {}
-        for line, row in enumerate(reader, start=2):
-            key = Path(row[key_column]).as_posix() if key_column == "path" else row[key_column].strip()
-            patient = (row.get(patient_column) or "").strip()
-            group = (row.get(group_column) or "").strip() if group_column else ""
-            manifest[key] = (_parse_label(row[label_column], path, line), patient, group)
-    return manifest
+    """Map each key to (integer label, patient, group); patient and group are "" when the CSV lacks them."""
+    rows = read_label_rows(path, key_column, label_column, patient_column, group_column)
+    return {key: (_parse_label(row.value, path, row.line), row.patient, row.group) for key, row in rows.items()}
 
 
 def _parse_label(value: str, path: Path, line: int) -> int:

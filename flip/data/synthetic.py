@@ -1,9 +1,12 @@
-"""Synthetic multi-site chest-film-like DICOM data with a learnable lesion label.
+"""Synthetic multi-site, multimodal healthcare data with one learnable latent label.
 
 Each site is a hospital with its own scanner (intensity gain and shift, rescale
-slope/intercept, window), label prevalence and size. Label 1 films carry a bright
-blob (the "lesion") inside a lung field. Everything is derived from the seed, so
-the same arguments always produce byte-identical files.
+slope/intercept, window), label prevalence, size, lab assay and note style. Per
+patient, one latent label drives every modality: label 1 films carry a bright blob
+(the "lesion") inside a lung field, label 1 patients have higher CRP and leukocyte
+results and a pneumonia Condition in the FHIR export, and their notes mention
+pneumonia-like findings more often. Everything is derived from the seed, so the
+same arguments always produce byte-identical files.
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID, ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
 
-GENERATOR_VERSION = 2
+from flip.data.synthetic_fhir import DISTRACTORS, INDEX_DATE, LABEL_CONDITION, LABS, LOINC, SNOMED, write_fhir
+from flip.data.synthetic_notes import make_notes, site_style, write_notes
+
+GENERATOR_VERSION = 3
 
 log = logging.getLogger("flip.data")
 
@@ -34,6 +40,19 @@ _FIELD_OF_VIEW_MM = 350.0
 _REPEAT_PATIENT_PROBABILITY = 0.1
 _NOISE_STD = 0.05
 _LABEL_COLUMNS = ["SOPInstanceUID", "path", "PatientID", "label"]
+_STREAMS = ("profile", "films", "fhir", "notes", "missing")
+_MISSING_FRACTION = 0.05
+MODALITIES = {  # where each modality lives and how the patient's latent label shows in it
+    "dicom": "site-N/dicom/<PatientID>/<n>.dcm, labels in site-N/labels.csv; label 1: a bright lesion",
+    "fhir": "site-N/fhir/<ResourceType>.ndjson, FHIR R4B Bulk Data export; label 1: pneumonia Condition, "
+    "higher CRP and leukocytes",
+    "notes": "site-N/notes/<PatientID>.txt (UTF-8), labels in site-N/notes/labels.csv; label 1: pneumonia-like "
+    "findings more often",
+}
+MISSING_MODALITIES = {
+    "notes": "no notes/<PatientID>.txt, no row in notes/labels.csv and no DocumentReference",
+    "observations": "no Observation resources (Patient and Conditions are still there)",
+}
 _SCANNERS = (
     ("Synthetic Imaging Co", "SX-100"),
     ("Acme Radiography", "CR-2000"),
@@ -87,8 +106,9 @@ def _rounded(value: float, digits: int = 3) -> float:
 
 
 def _site_rng(seed: int, site_index: int, stream: str) -> np.random.Generator:
-    """Independent random streams per site: "profile" for the site, "films" for its images."""
-    return np.random.default_rng([seed, site_index, ("profile", "films").index(stream)])
+    """Independent random streams per site: "profile" for the site, "films" for its patients and
+    images, "fhir", "notes" and "missing" for the other modalities."""
+    return np.random.default_rng([seed, site_index, _STREAMS.index(stream)])
 
 
 def _make_scanner(rng: np.random.Generator, site_index: int, image_size: int) -> Scanner:
@@ -266,17 +286,32 @@ def _write_film(site_dir: Path, site: Site, patient: Patient, image_number: int,
     }
 
 
-def _write_site(out_dir: Path, site: Site, image_size: int, seed: int) -> list[dict]:
-    """Write one site's films and labels.csv; return its label rows."""
+def _write_site(out_dir: Path, site: Site, image_size: int, seed: int) -> tuple[list[dict], dict]:
+    """Write one site's films, labels.csv, FHIR export and notes; return its label rows and
+    the summary of its other modalities."""
     rng = _site_rng(seed, site.index, "films")
     site_dir = out_dir / site.name
+    patients = _make_patients(rng, site, image_size)
     rows = [
         _write_film(site_dir, site, patient, image_number, seed, rng)
-        for patient in _make_patients(rng, site, image_size)
+        for patient in patients
         for image_number in range(1, patient.num_images + 1)
     ]
     _write_labels(site_dir / "labels.csv", rows)
-    return rows
+    missing = _missing(_site_rng(seed, site.index, "missing"), patients)
+    style = site_style(site.index)
+    notes = make_notes(_site_rng(seed, site.index, "notes"), patients, style, INDEX_DATE, skip=missing["notes"])
+    write_notes(site_dir / "notes", notes)
+    fhir_rng = _site_rng(seed, site.index, "fhir")
+    fhir = write_fhir(site_dir / "fhir", fhir_rng, patients, site.institution, notes, missing["observations"])
+    return rows, {"fhir": fhir, "notes": {"num_notes": len(notes), "style": style}, "missing": missing}
+
+
+def _missing(rng: np.random.Generator, patients: list[Patient]) -> dict[str, list[str]]:
+    """PatientIDs without a note and without Observations: about 5% each, at least one."""
+    count = max(1, round(_MISSING_FRACTION * len(patients)))
+    ids = [patient.patient_id for patient in patients]
+    return {name: sorted(str(i) for i in rng.choice(ids, size=count, replace=False)) for name in MISSING_MODALITIES}
 
 
 def _write_labels(path: Path, rows: list[dict], columns: tuple[str, ...] = _LABEL_COLUMNS) -> None:
@@ -286,36 +321,55 @@ def _write_labels(path: Path, rows: list[dict], columns: tuple[str, ...] = _LABE
         writer.writerows(rows)
 
 
-def _site_summary(site: Site, rows: list[dict]) -> dict:
+def _site_summary(site: Site, rows: list[dict], modalities: dict) -> dict:
     positives = sum(row["label"] for row in rows)
+    patient_labels = {row["PatientID"]: row["label"] for row in rows}
     return {
         "name": site.name,
         "institution": site.institution,
         "num_images": len(rows),
-        "num_patients": len({row["PatientID"] for row in rows}),
+        "num_patients": len(patient_labels),
         "num_positive": positives,
+        "num_positive_patients": sum(patient_labels.values()),
         "prevalence": _rounded(positives / len(rows)),
         "target_prevalence": site.prevalence,
         "scanner": asdict(site.scanner),
+        **modalities,
+    }
+
+
+def _fhir_summary() -> dict:
+    return {
+        "version": "R4B",
+        "index_date": INDEX_DATE.isoformat(),
+        "label_condition": LABEL_CONDITION,
+        "observations": [{"system": LOINC, "code": lab.code, "display": lab.display, "unit": lab.unit} for lab in LABS],
+        "distractor_conditions": [{"system": SNOMED, "code": code, "display": name} for code, name, _ in DISTRACTORS],
     }
 
 
 def write_synthetic_dicom(
     out_dir, *, num_sites: int = 3, images_per_site: int = 240, image_size: int = 64, seed: int = 0
 ) -> Path:
-    """Write `out_dir/site-N/{dicom/<PatientID>/<n>.dcm, labels.csv}`, `out_dir/dataset.json`, and
-    `out_dir/labels.csv`: every site's rows with paths from `out_dir` and a `site` column, for
-    partitioning the pooled data set."""
+    """Write per site `site-N/dicom/<PatientID>/<n>.dcm` with `site-N/labels.csv`, a FHIR R4B export
+    `site-N/fhir/<ResourceType>.ndjson` and notes `site-N/notes/<PatientID>.txt` with
+    `site-N/notes/labels.csv`, all for the same patients; then `out_dir/dataset.json`, and
+    `out_dir/labels.csv`: every site's image rows with paths from `out_dir` and a `site` column,
+    for partitioning the pooled data set."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sites = [_make_site(index, images_per_site, image_size, seed) for index in range(1, num_sites + 1)]
-    rows = {site.name: _write_site(out_dir, site, image_size, seed) for site in sites}
+    written = {site.name: _write_site(out_dir, site, image_size, seed) for site in sites}
+    rows = {name: site_rows for name, (site_rows, _) in written.items()}
     pooled = [{**row, "path": f"{name}/{row['path']}", "site": name} for name, site_rows in rows.items() for row in site_rows]
     _write_labels(out_dir / "labels.csv", pooled, (*_LABEL_COLUMNS, "site"))
     summary = {
         "generator_version": GENERATOR_VERSION,
         "parameters": _parameters(num_sites, images_per_site, image_size, seed),
-        "sites": [_site_summary(site, rows[site.name]) for site in sites],
+        "modalities": MODALITIES,
+        "fhir": _fhir_summary(),
+        "missing_modalities": MISSING_MODALITIES,
+        "sites": [_site_summary(site, *written[site.name]) for site in sites],
     }
     (out_dir / "dataset.json").write_text(json.dumps(summary, indent=2) + "\n")
     return out_dir

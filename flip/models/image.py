@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-import lightning as L
 import torch
 from torch import nn
 
-from flip.models.metrics import classification_metrics
+from flip.models.base import Classifier
 
 
 class Standardize(nn.Module):
@@ -32,7 +31,7 @@ def conv_backbone(in_channels: int, channels: list[int], global_pool: str) -> nn
     return nn.Sequential(*layers)
 
 
-class ImageClassifier(L.LightningModule):
+class ImageClassifier(Classifier):
     def __init__(
         self,
         num_classes: int = 2,
@@ -45,10 +44,8 @@ class ImageClassifier(L.LightningModule):
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
     ):
-        super().__init__()
+        super().__init__(num_classes, metrics, optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        self.optimizer_factory = optimizer or torch.optim.Adam
-        self.scheduler_factory = scheduler
         self.net = nn.Sequential(
             conv_backbone(in_channels, list(channels), global_pool),
             nn.Linear(list(channels)[-1], hidden),
@@ -56,51 +53,6 @@ class ImageClassifier(L.LightningModule):
             nn.Dropout(dropout),
             nn.Linear(hidden, num_classes),
         )
-        self.num_classes = num_classes
-        names = list(metrics)
-        # ModuleDict keys must not shadow nn.Module attributes such as `train`.
-        self.split_metrics = nn.ModuleDict(
-            {f"{split}_metrics": classification_metrics(names, num_classes, f"{split}/") for split in ("train", "val", "test")}
-        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
-
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
-        images, labels = batch
-        logits = self(images)
-        loss = nn.functional.cross_entropy(logits, labels)
-        probabilities = logits.softmax(dim=-1)
-        scores = probabilities[:, 1] if self.num_classes == 2 else probabilities
-        self.split_metrics[f"{split}_metrics"].update(scores, labels)
-        self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, batch_size=len(labels))
-        return loss
-
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
-
-    def _log_epoch_metrics(self, split: str) -> None:
-        metrics = self.split_metrics[f"{split}_metrics"]
-        self.log_dict(metrics.compute())
-        metrics.reset()
-
-    def on_train_epoch_end(self):
-        self._log_epoch_metrics("train")
-
-    def on_validation_epoch_end(self):
-        self._log_epoch_metrics("val")
-
-    def on_test_epoch_end(self):
-        self._log_epoch_metrics("test")
-
-    def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from flip.data.synthetic import ensure_synthetic_dicom
 
-EPOCHS, IMAGE_SIZE, BATCH, SEED = 6, 64, 32, 42
+EPOCHS, IMAGE_SIZE, BATCH, SEED = 20, 64, 16, 42
 PLAIN = Path(__file__).with_name("plain_lightning_local.py")
 
 

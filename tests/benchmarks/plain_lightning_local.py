@@ -39,20 +39,24 @@ class Net(L.LightningModule):
         self.net = nn.Sequential(
             nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-            nn.Linear(32, 64), nn.ReLU(), nn.Dropout(0.1), nn.Linear(64, 2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.AdaptiveMaxPool2d(1), nn.Flatten(),
+            nn.Linear(64, 64), nn.ReLU(), nn.Dropout(0.1), nn.Linear(64, 2),
         )
         self.auroc = BinaryAUROC()
 
+    def forward(self, x):
+        return self.net((x - 0.5) / 0.25)
+
     def training_step(self, batch, _):
         x, y = batch
-        loss = nn.functional.cross_entropy(self.net(x), y)
+        loss = nn.functional.cross_entropy(self(x), y)
         self.log("train/loss", loss, on_epoch=True, on_step=False)
         return loss
 
     def validation_step(self, batch, _):
         x, y = batch
-        self.auroc.update(self.net(x).softmax(-1)[:, 1], y)
+        self.auroc.update(self(x).softmax(-1)[:, 1], y)
 
     def on_validation_epoch_end(self):
         self.log("val/auroc", self.auroc.compute())

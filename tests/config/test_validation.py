@@ -52,7 +52,7 @@ def test_bad_overrides_are_all_reported():
     ]
     assert config_problems(recipe, overrides) == [
         "override 'seed=[': no viable alternative at input '['",
-        "data: no option 'nope' (available: dicom, synthetic_dicom)",
+        "data: no option 'nope' (available: dicom, fhir, multimodal, synthetic_dicom, text)",
         "trainer.max_epoch: unknown key (did you mean 'max_epochs'?) (override 'trainer.max_epoch=3')",
         "trainer.max_epochs: expected an int, got 'lots'",
         "privacy.noise_multiplier: unknown key",
@@ -91,7 +91,7 @@ def test_sweep_validates_every_job():
     with pytest.raises(ConfigError) as caught:
         validate_sweep(recipe, ["seed=1,x", "data=dicom,nope"])
     assert "seed: expected an int, got 'x'" in caught.value.problems
-    assert "data: no option 'nope' (available: dicom, synthetic_dicom)" in caught.value.problems
+    assert "data: no option 'nope' (available: dicom, fhir, multimodal, synthetic_dicom, text)" in caught.value.problems
 
 
 def test_unknown_recipe_names_the_choices():

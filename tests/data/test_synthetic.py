@@ -1,4 +1,6 @@
-"""The synthetic generator writes valid, deterministic, heterogeneous DICOM sites."""
+"""The synthetic generator writes valid, deterministic, heterogeneous DICOM sites.
+
+Its FHIR export and notes are tested in test_synthetic_multimodal.py."""
 
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ def all_files(root: Path) -> dict[str, bytes]:
 def test_layout_has_one_folder_per_site_and_a_summary(dataset_dir):
     assert [p.name for p in site_dirs(dataset_dir)] == ["site-1", "site-2", "site-3"]
     summary = json.loads((dataset_dir / "dataset.json").read_text())
-    assert summary["generator_version"] == GENERATOR_VERSION
+    assert summary["generator_version"] == GENERATOR_VERSION == 3
     assert summary["parameters"] == SMALL
     assert [site["name"] for site in summary["sites"]] == ["site-1", "site-2", "site-3"]
 
@@ -125,6 +127,10 @@ def test_same_seed_gives_identical_bytes_and_another_seed_does_not(tmp_path):
     again = all_files(write_synthetic_dicom(tmp_path / "b", **SMALL))
     other = all_files(write_synthetic_dicom(tmp_path / "c", **{**SMALL, "seed": 1}))
     assert first == again
+    for suffix in (".dcm", ".ndjson", ".txt", ".csv", ".json"):
+        assert any(path.endswith(suffix) for path in first), suffix
+    for path in ("site-1/fhir/Observation.ndjson", "site-1/fhir/DocumentReference.ndjson", "site-1/notes/labels.csv"):
+        assert first[path] != other[path]
     first_films = {path: data for path, data in first.items() if path.endswith(".dcm")}
     other_films = {path: data for path, data in other.items() if path.endswith(".dcm")}
     assert set(first_films.values()).isdisjoint(other_films.values())
@@ -153,6 +159,8 @@ def test_ensure_replaces_an_incomplete_folder(tmp_path):
     assert ensure_synthetic_dicom(tmp_path, **params) == target
     assert not (target / "partial.dcm").exists()
     assert (target / "site-1" / "labels.csv").is_file()
+    assert (target / "site-1" / "fhir" / "Patient.ndjson").is_file()
+    assert (target / "site-1" / "notes" / "labels.csv").is_file()
 
 
 def test_cache_key_depends_on_every_parameter():

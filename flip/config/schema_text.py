@@ -1,0 +1,136 @@
+"""Schemas and cross-key rules of the clinical-text options: `data=text`, `model=text_bow`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING, SI, DictConfig, OmegaConf
+
+from flip.config.schema_synthetic import SyntheticDataConfig
+
+TEXT_DATA_TARGET = "flip.data.text.TextDataModule"
+TEXT_MODEL_TARGET = "flip.models.text.TextClassifier"
+FORMATS = ("folder", "jsonl", "csv", "fhir")
+FHIR_VERSIONS = ("R4", "R4B", "R5")  # R4 is read with the R4B models
+MAX_BUCKETS = 1 << 22
+
+
+@dataclass
+class TextDataConfig:
+    _target_: str = TEXT_DATA_TARGET
+    # Folder of this site's data (site-local); `site` picks a sub-folder of it.
+    root: Optional[str] = MISSING
+    site: Optional[str] = None
+    # folder (.txt files + labels CSV), jsonl or csv (one file), fhir (NDJSON attachments).
+    format: str = "folder"
+    notes_dir: str = "notes"
+    file: Optional[str] = None
+    fhir_dir: str = "fhir"
+    fhir_version: str = "R4B"
+    # Labels CSV, relative to the site folder: by note (folder) or by patient (fhir).
+    labels: Optional[str] = "notes/labels.csv"
+    id_column: str = "note_id"
+    path_column: str = "path"
+    text_column: str = "text"
+    label_column: str = "label"
+    patient_column: str = "patient"
+    # Hashed n-gram tokenisation: the same at every site, no vocabulary to share.
+    num_buckets: int = 16384
+    ngram_range: List[int] = field(default_factory=lambda: [1, 2])
+    max_tokens: int = 512
+    lowercase: bool = True
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    batch_size: int = 32
+    num_workers: int = 0
+    seed: int = SI("${seed}")
+    # A site with fewer usable items stops the run with one clear message.
+    min_samples: int = 10
+    # No root, and these set: flip's generated multi-site data set (notes and a FHIR export per site).
+    synthetic: Optional[SyntheticDataConfig] = None
+    cache_dir: Optional[str] = None
+
+
+@dataclass
+class TextClassifierConfig:
+    _target_: str = TEXT_MODEL_TARGET
+    num_classes: int = 2
+    # Must equal data.num_buckets; the option file takes it from there.
+    num_buckets: int = 16384
+    embedding_dim: int = 64
+    hidden: int = 64
+    dropout: float = 0.1
+    metrics: List[str] = field(default_factory=lambda: ["accuracy", "auroc", "f1"])
+    optimizer: Dict[str, Any] = field(
+        default_factory=lambda: {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-2}
+    )
+    scheduler: Optional[Dict[str, Any]] = None
+
+
+TEXT_SCHEMAS: Dict[str, type] = {"data/text": TextDataConfig, "model/text_bow": TextClassifierConfig}
+
+
+def text_problems(data_cfg: Any) -> list[str]:
+    """Cross-key problems of a `data=text` node, as `data.<key>: ...` lines; [] for other sources."""
+    data = _plain(data_cfg)
+    if data.get("_target_") != TEXT_DATA_TARGET:
+        return []
+    problems = source_problems(data.get("format"), data.get("fhir_version"), data.get("file"))
+    problems += tokenizer_problems(data.get("num_buckets"), data.get("ngram_range") or [], data.get("max_tokens"))
+    return [f"data.{problem}" for problem in problems]
+
+
+def text_model_problems(cfg: Any) -> list[str]:
+    """model=text_bow against data=text: the same hash buckets; [] for other pairs."""
+    model, data = _plain(cfg.model), _plain(cfg.data)
+    if model.get("_target_") != TEXT_MODEL_TARGET or data.get("_target_") != TEXT_DATA_TARGET:
+        return []
+    problems = []
+    if model.get("num_buckets") != data.get("num_buckets"):
+        problems.append(f"model.num_buckets: must equal data.num_buckets ({data.get('num_buckets')}), got {model.get('num_buckets')}")
+    if not isinstance(model.get("embedding_dim"), int) or model["embedding_dim"] < 1:
+        problems.append(f"model.embedding_dim: must be at least 1, got {model.get('embedding_dim')}")
+    if not 0 <= model.get("dropout", 0) < 1:
+        problems.append(f"model.dropout: must be in [0, 1), got {model.get('dropout')}")
+    return problems
+
+
+def text_rule(cfg: DictConfig) -> list[str]:
+    """Both text rules, in the shape of `flip.config.rules.RULES` entries."""
+    return text_problems(cfg.data) + text_model_problems(cfg)
+
+
+def _plain(node: Any) -> dict:
+    if OmegaConf.is_config(node):
+        return OmegaConf.to_container(node, resolve=True)
+    return dict(node or {})
+
+
+def source_problems(format: Any, fhir_version: Any, file: Any) -> list[str]:
+    """What is wrong with the text source settings, as `key: message` lines."""
+    problems = []
+    if format not in FORMATS:
+        problems.append(f"format: '{format}' is not a text format (available: {', '.join(FORMATS)})")
+    if fhir_version not in FHIR_VERSIONS:
+        problems.append(f"fhir_version: '{fhir_version}' is not one of {', '.join(FHIR_VERSIONS)}")
+    if format in ("jsonl", "csv") and not file:
+        problems.append(f"file: format {format} needs the file of notes (relative to the site folder)")
+    return problems
+
+
+def tokenizer_problems(num_buckets: Any, ngram_range: Any, max_tokens: Any) -> list[str]:
+    """What is wrong with the hashed n-gram settings, as `key: message` lines."""
+    problems = []
+    if not _is_int(num_buckets) or not 16 <= num_buckets <= MAX_BUCKETS:
+        problems.append(f"num_buckets: must be an int between 16 and {MAX_BUCKETS}, got {num_buckets}")
+    pair = list(ngram_range) if isinstance(ngram_range, (list, tuple)) else []
+    if len(pair) != 2 or not all(map(_is_int, pair)) or not 1 <= pair[0] <= pair[1] <= 5:
+        problems.append(f"ngram_range: must be [min, max] with 1 <= min <= max <= 5, got {ngram_range}")
+    if not _is_int(max_tokens) or max_tokens < 1:
+        problems.append(f"max_tokens: must be at least 1, got {max_tokens}")
+    return problems
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,0 +1,74 @@
+"""What every flip classifier shares: loss, metrics per split, optimizer and scheduler from config.
+
+A model subclasses `Classifier`, builds its network and defines `forward(*inputs)`; batches are
+`(*inputs, labels)`, so one-input and multi-input (multimodal) models train the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import lightning as L
+import torch
+from torch import nn
+
+from flip.models.metrics import classification_metrics
+
+SPLITS = ("train", "val", "test")
+
+
+class Classifier(L.LightningModule):
+    def __init__(
+        self,
+        num_classes: int,
+        metrics: tuple[str, ...],
+        optimizer: Optional[Callable[..., torch.optim.Optimizer]],
+        scheduler: Optional[Callable[..., Any]],
+    ):
+        super().__init__()
+        self.num_classes = num_classes
+        self.optimizer_factory = optimizer or torch.optim.Adam
+        self.scheduler_factory = scheduler
+        # ModuleDict keys must not shadow nn.Module attributes such as `train`.
+        self.split_metrics = nn.ModuleDict(
+            {f"{split}_metrics": classification_metrics(list(metrics), num_classes, f"{split}/") for split in SPLITS}
+        )
+
+    def _step(self, batch: tuple[torch.Tensor, ...], split: str) -> torch.Tensor:
+        *inputs, labels = batch
+        logits = self(*inputs)
+        loss = nn.functional.cross_entropy(logits, labels)
+        probabilities = logits.softmax(dim=-1)
+        scores = probabilities[:, 1] if self.num_classes == 2 else probabilities
+        self.split_metrics[f"{split}_metrics"].update(scores, labels)
+        self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, batch_size=len(labels))
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def _log_epoch_metrics(self, split: str) -> None:
+        metrics = self.split_metrics[f"{split}_metrics"]
+        self.log_dict(metrics.compute())
+        metrics.reset()
+
+    def on_train_epoch_end(self):
+        self._log_epoch_metrics("train")
+
+    def on_validation_epoch_end(self):
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self):
+        self._log_epoch_metrics("test")
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
