@@ -153,6 +153,15 @@ class ImageClassifierConfig:
 
 
 @dataclass
+class VolumeClassifierConfig(ImageClassifierConfig):
+    """A 3-D CNN for `data.mode=volume` items ([channels, D, H, W])."""
+
+    _target_: str = "flip.models.volume.VolumeClassifier"
+    channels: List[int] = field(default_factory=lambda: [8, 16, 32])
+    hidden: int = 32
+
+
+@dataclass
 class TrainerConfig:
     """Keyword arguments of `lightning.Trainer` for local training."""
 
@@ -227,6 +236,7 @@ SCHEMAS: Dict[str, type] = {
     "data/multimodal": MultimodalDataConfig,
     "model/fusion": FusionClassifierConfig,
     "model/image_classifier": ImageClassifierConfig,
+    "model/volume_classifier": VolumeClassifierConfig,
     "trainer/lightning": TrainerConfig,
     "federation/local": LocalFederationConfig,
     "federation/simulation": SimulationFederationConfig,

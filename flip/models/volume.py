@@ -7,7 +7,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from flip.models.image import ImageClassifier, Standardize
+from flip.models.base import Classifier
+from flip.models.image import Standardize
 
 
 def conv3d_backbone(in_channels: int, channels: list[int], global_pool: str) -> nn.Sequential:
@@ -21,8 +22,8 @@ def conv3d_backbone(in_channels: int, channels: list[int], global_pool: str) -> 
     return nn.Sequential(*layers)
 
 
-class VolumeClassifier(ImageClassifier):
-    """ImageClassifier's training, metrics and optimisers over a Conv3d backbone."""
+class VolumeClassifier(Classifier):
+    """The image classifier's head over a Conv3d backbone."""
 
     def __init__(
         self,
@@ -36,7 +37,8 @@ class VolumeClassifier(ImageClassifier):
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
     ):
-        super().__init__(num_classes, in_channels, channels, global_pool, hidden, dropout, metrics, optimizer, scheduler)
+        super().__init__(num_classes, metrics, optimizer, scheduler)
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.net = nn.Sequential(
             conv3d_backbone(in_channels, list(channels), global_pool),
             nn.Linear(list(channels)[-1], hidden),
@@ -44,3 +46,6 @@ class VolumeClassifier(ImageClassifier):
             nn.Dropout(dropout),
             nn.Linear(hidden, num_classes),
         )
+
+    def forward(self, volumes: torch.Tensor) -> torch.Tensor:
+        return self.net(volumes)
