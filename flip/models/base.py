@@ -17,6 +17,11 @@ from flip.models.metrics import classification_metrics
 SPLITS = ("train", "val", "test")
 
 
+def mlp_head(in_features: int, hidden: int, num_classes: int, dropout: float) -> nn.Sequential:
+    """Linear-ReLU-Dropout-Linear from an encoder's embedding to class logits."""
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+
+
 class Classifier(L.LightningModule):
     def __init__(
         self,

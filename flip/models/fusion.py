@@ -7,7 +7,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from flip.models.base import Classifier
+from flip.models.base import Classifier, mlp_head
 from flip.models.image import conv_backbone
 from flip.models.tabular import mlp
 from flip.models.text import BagOfNgrams
@@ -50,7 +50,7 @@ class FusionClassifier(Classifier):
             encoders["text"] = BagOfNgrams(num_buckets, embedding_dim)
             widths.append(embedding_dim)
         self.encoders = nn.ModuleDict(encoders)
-        self.head = nn.Sequential(nn.Linear(sum(widths), hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+        self.head = mlp_head(sum(widths), hidden, num_classes, dropout)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         *values, mask = inputs

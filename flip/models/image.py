@@ -7,7 +7,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from flip.models.base import Classifier
+from flip.models.base import Classifier, mlp_head
 
 
 class Standardize(nn.Module):
@@ -17,17 +17,24 @@ class Standardize(nn.Module):
         return (images - 0.5) / 0.25
 
 
-def conv_backbone(in_channels: int, channels: list[int], global_pool: str) -> nn.Sequential:
+_LAYERS = {
+    2: (nn.Conv2d, nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d),
+    3: (nn.Conv3d, nn.MaxPool3d, nn.AdaptiveMaxPool3d, nn.AdaptiveAvgPool3d),
+}
+
+
+def conv_backbone(in_channels: int, channels: list[int], global_pool: str, spatial_dims: int = 2) -> nn.Sequential:
     """Conv-ReLU-MaxPool blocks, then global pooling (no batch norm: it suits DP and FL).
 
     Max pooling keeps a small bright finding visible wherever it is; average pooling dilutes it.
+    `spatial_dims` 3 builds the same for volumes (pooling rounds up, for thin stacks).
     """
+    conv, max_pool, global_max, global_avg = _LAYERS[spatial_dims]
     layers: list[nn.Module] = [Standardize()]
     for out_channels in channels:
-        layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+        layers += [conv(in_channels, out_channels, 3, padding=1), nn.ReLU(), max_pool(2, ceil_mode=spatial_dims == 3)]
         in_channels = out_channels
-    pool = nn.AdaptiveMaxPool2d(1) if global_pool == "max" else nn.AdaptiveAvgPool2d(1)
-    layers += [pool, nn.Flatten()]
+    layers += [global_max(1) if global_pool == "max" else global_avg(1), nn.Flatten()]
     return nn.Sequential(*layers)
 
 
@@ -47,11 +54,7 @@ class ImageClassifier(Classifier):
         super().__init__(num_classes, metrics, optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.net = nn.Sequential(
-            conv_backbone(in_channels, list(channels), global_pool),
-            nn.Linear(list(channels)[-1], hidden),
-            nn.ReLU(),
-            nn.Dropout(dropout),
-            nn.Linear(hidden, num_classes),
+            conv_backbone(in_channels, list(channels), global_pool), *mlp_head(list(channels)[-1], hidden, num_classes, dropout)
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

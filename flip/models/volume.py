@@ -7,19 +7,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from flip.models.base import Classifier
-from flip.models.image import Standardize
-
-
-def conv3d_backbone(in_channels: int, channels: list[int], global_pool: str) -> nn.Sequential:
-    """Conv3d-ReLU-MaxPool3d blocks, then global pooling; no batch norm, as in the 2-D backbone."""
-    layers: list[nn.Module] = [Standardize()]
-    for out_channels in channels:
-        layers += [nn.Conv3d(in_channels, out_channels, 3, padding=1), nn.ReLU(), nn.MaxPool3d(2, ceil_mode=True)]
-        in_channels = out_channels
-    pool = nn.AdaptiveMaxPool3d(1) if global_pool == "max" else nn.AdaptiveAvgPool3d(1)
-    layers += [pool, nn.Flatten()]
-    return nn.Sequential(*layers)
+from flip.models.base import Classifier, mlp_head
+from flip.models.image import conv_backbone
 
 
 class VolumeClassifier(Classifier):
@@ -40,11 +29,8 @@ class VolumeClassifier(Classifier):
         super().__init__(num_classes, metrics, optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.net = nn.Sequential(
-            conv3d_backbone(in_channels, list(channels), global_pool),
-            nn.Linear(list(channels)[-1], hidden),
-            nn.ReLU(),
-            nn.Dropout(dropout),
-            nn.Linear(hidden, num_classes),
+            conv_backbone(in_channels, list(channels), global_pool, spatial_dims=3),
+            *mlp_head(list(channels)[-1], hidden, num_classes, dropout),
         )
 
     def forward(self, volumes: torch.Tensor) -> torch.Tensor:
