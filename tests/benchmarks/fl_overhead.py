@@ -13,14 +13,14 @@ Usage: python tests/benchmarks/fl_overhead.py [REPEATS]
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from side_by_side import alternate
 
 from flip.data.synthetic import ensure_synthetic_dicom
 
@@ -43,12 +43,6 @@ def run(command: list[str], cwd: Path, env: dict[str, str]) -> str:
     return done.stdout
 
 
-def timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:
-    started = time.perf_counter()
-    run(command, cwd, env)
-    return time.perf_counter() - started
-
-
 def main() -> None:
     repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 2
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,14 +59,7 @@ def main() -> None:
             sys.executable, str(PLAIN), str(root), str(SITES), str(ROUNDS), "1",
             str(cfg.data.image_size), str(cfg.data.batch_size), str(cfg.model.optimizer.lr), str(SEED),
         ]
-        timed(flip_command, work, env)  # warm-up: file and import caches
-        timed(plain_command, work, plain_env)
-        flip_times, plain_times = [], []
-        for _ in range(repeats):
-            flip_times.append(timed(flip_command, work, env))
-            plain_times.append(timed(plain_command, work, plain_env))
-            print(f"flip {flip_times[-1]:.2f}s  plain {plain_times[-1]:.2f}s", flush=True)
-    flip_median, plain_median = statistics.median(flip_times), statistics.median(plain_times)
+        flip_median, plain_median = alternate((flip_command, env), (plain_command, plain_env), work, repeats)
     print(f"flip_fl_s={flip_median:.2f}")
     print(f"plain_flower_s={plain_median:.2f}")
     print(f"fl_overhead_ratio={flip_median / plain_median:.3f}")

@@ -345,7 +345,7 @@ def test_truncated_gzip_keeps_what_was_read_and_says_where_it_broke(fhir_site):
 
 
 def test_schema_yaml_and_constructor_agree(tmp_path):
-    site = write_notes_site(tmp_path / "site-1", num_patients=12)
+    write_notes_site(tmp_path / "site-1", num_patients=12)
     yaml = OmegaConf.load(CONF_DIR / "data" / "text.yaml")
     yaml.pop("defaults")
     fields = set(TextDataConfig.__dataclass_fields__)
