@@ -109,3 +109,19 @@ def test_data_inspect_reports_every_site_and_every_skipped_file_as_json(tmp_path
     reasons = {item["path"]: item["reason"] for item in site2["skipped"]}
     assert reasons["dicom/broken.dcm"] == "not a DICOM file"
     assert reasons["dicom/stranger.dcm"].startswith("no label for SOPInstanceUID")
+
+
+def test_data_inspect_without_labels_counts_unlabelled_items(tmp_path):
+    import json
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        shutil.copy(get_testdata_file(name, download=False), tmp_path / name)
+    result = flip("data", "inspect", "dicom_synthetic_local", "data=dicom", f"data.root={tmp_path}", "data.labels=null",
+                  "data.image_size=32", "--no-labels", "--json")
+    assert result.returncode == 0, result.stderr
+    (site,) = json.loads(result.stdout)["sites"]
+    assert (site["found"], site["usable"], site["unlabelled"], site["skipped"]) == (2, 0, 2, [])
+    assert site["modalities"] == {"CT": 1, "MR": 1}

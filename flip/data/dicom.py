@@ -141,6 +141,9 @@ class DicomDataModule(SiteDataModule):
         if UNLABELLED in self.label_counts:
             self.unlabelled = self.label_counts.pop(UNLABELLED)
 
+    def inventory(self) -> dict[str, dict[str, int]]:
+        return {"transfer_syntaxes": dict(self.transfer_syntaxes), "modalities": dict(self.modalities)}
+
     # -- reading a site
 
     def load_items(self, site_dir: Path) -> list[Item]:

@@ -58,11 +58,13 @@ def _label_flag(cfg: DictConfig, require_labels: bool) -> dict[str, bool]:
 
 
 def inventory_of(datamodule: Any) -> SiteInventory:
+    """Counts from a set-up data module; `usable` means labelled and readable."""
     unlabelled = int(getattr(datamodule, "unlabelled", 0))
+    usable = sum(datamodule.label_counts.values())
     return SiteInventory(
         site=str(datamodule.site_name),
-        found=datamodule.num_items_found + len(datamodule.skipped) + unlabelled,
-        usable=datamodule.num_items_found,
+        found=usable + unlabelled + len(datamodule.skipped),
+        usable=usable,
         labels={str(label): int(count) for label, count in datamodule.label_counts.items()},
         skipped=[{"path": path, "reason": reason} for path, reason in datamodule.skipped],
         unlabelled=unlabelled,

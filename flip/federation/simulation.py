@@ -85,7 +85,7 @@ def _server_evaluator(cfg: DictConfig):
         return None
     from flip.federation.site import evaluate_model, server_datamodule
 
-    return lambda state: {k: v for k, v in evaluate_model(cfg, server_datamodule(cfg), state).items()}
+    return lambda state: evaluate_model(cfg, server_datamodule(cfg), state)
 
 
 def run_simulation_mode(cfg: DictConfig, run_dir: Path) -> ModeResult:
