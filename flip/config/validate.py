@@ -189,12 +189,22 @@ def fill_schema_defaults(node: Any) -> None:
     if isinstance(node, DictConfig):
         name = node.get(schema.SCHEMA_MARKER)
         if name is not None:
-            defaults = OmegaConf.to_container(OmegaConf.structured(schema.SCHEMAS[name]), resolve=False)
-            for key, value in defaults.items():
-                if key not in node.keys() and value != _MISSING:
-                    node[key] = value
+            _fill_from(node, schema.SCHEMAS[name])
         for key in node.keys():
             fill_schema_defaults(node._get_node(key))
+
+
+def _fill_from(node: DictConfig, schema_cls: type) -> None:
+    """Missing keys from the dataclass's defaults, also inside nested dataclass fields that are set."""
+    defaults = OmegaConf.to_container(OmegaConf.structured(schema_cls), resolve=False)
+    hints = typing.get_type_hints(schema_cls)
+    for key, value in defaults.items():
+        if key not in node.keys() and value != _MISSING:
+            node[key] = value
+        inner, _ = _unwrap_optional(hints[key])
+        child = node._get_node(key) if key in node.keys() else None
+        if dataclasses.is_dataclass(inner) and isinstance(child, DictConfig) and not child._is_none():
+            _fill_from(child, inner)
 
 
 def _suggestion(cfg: Any, key: str) -> str:
