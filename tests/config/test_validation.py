@@ -112,3 +112,12 @@ def test_federated_settings_are_checked_before_flower_starts():
         "strategy.min_evaluate_nodes: 2 is more than federation.num_sites (1); the run would wait forever for sites",
         "strategy.fraction_train: samples no site of 1 (int(1 x 0.2) = 0 and min_train_nodes = 0)",
     ]
+
+
+def test_keys_of_a_nested_schema_set_partly_in_a_recipe_can_be_overridden():
+    # The recipe sets only data.synthetic.num_sites; the other keys come from the schema's defaults.
+    recipe = resolve_recipe("fhir_synthetic_local")
+    assert config_problems(recipe, ["data.synthetic.images_per_site=40"]) == []
+    assert config_problems(recipe, ["data.synthetic.imgs=40"]) == [
+        "data.synthetic.imgs: unknown key (override 'data.synthetic.imgs=40')"
+    ]
