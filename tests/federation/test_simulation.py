@@ -89,3 +89,31 @@ def test_sweep_of_strategies_and_seeds_then_report(tmp_path):
     rows = list(csv.DictReader((sweep / "report.csv").open()))
     assert sorted((row["strategy"], row["seed"]) for row in rows) == [("fedavg", "0"), ("fedavg", "1"), ("fedprox", "0"), ("fedprox", "1")]
     assert (sweep / "report.png").stat().st_size > 0 and (sweep / "report.md").is_file()
+
+
+def test_ctrl_c_stops_the_simulation_cleanly(tmp_path):
+    import os
+    import signal
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flip.cli", "run", "dicom_synthetic_fedavg", *SIM, "federation.num_rounds=50"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while not list((tmp_path / "runs").rglob("round_1.ckpt")):  # interrupt once rounds are running
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()[-3000:]
+        time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output[-3000:]
+    assert "flip: interrupted" in output
+    (manifest,) = (tmp_path / "runs").rglob("manifest.json")
+    assert json.loads(manifest.read_text())["status"] == "interrupted"
+    time.sleep(2)
+    try:
+        os.killpg(process.pid, 0)  # anything left of the run's process group (Ray workers included)?
+        leftover = True
+    except ProcessLookupError:
+        leftover = False
+    assert not leftover, "processes of the interrupted run are still alive"
