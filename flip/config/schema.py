@@ -16,7 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, SI
 
 from flip.config.schema_fhir import FHIR_SCHEMAS
-from flip.config.schema_synthetic import SyntheticDataConfig
+from flip.config.schema_common import ClassifierConfig, SiteDataConfig
 from flip.config.schema_text import TEXT_SCHEMAS
 from flip.config.strategies import STRATEGY_SCHEMAS
 
@@ -51,12 +51,9 @@ class FlipConfig:
 
 
 @dataclass
-class DicomDataConfig:
+class DicomDataConfig(SiteDataConfig):
     _target_: str = "flip.data.dicom.DicomDataModule"
-    # Folder of DICOM files; null with `synthetic` set generates data into flip's cache.
-    root: Optional[str] = MISSING
-    # Sub-folder of root holding this site's data (e.g. site-1); null uses root itself.
-    site: Optional[str] = None
+    batch_size: int = 16
     # Sub-folder of the site folder that holds the DICOM files (null: the whole site folder).
     dicom_dir: Optional[str] = None
     # Labels CSV (relative to the site folder, or absolute); null with label_attribute reads labels from headers.
@@ -79,26 +76,15 @@ class DicomDataConfig:
     require_labels: bool = True
     # Keep decoded, preprocessed pixels in flip's cache, keyed by file content and settings.
     cache: bool = True
-    val_fraction: float = 0.2
-    test_fraction: float = 0.2
-    batch_size: int = 16
-    num_workers: int = 0
-    seed: int = SI("${seed}")
-    # A site with fewer usable items stops the run with one clear message.
-    min_samples: int = 10
-    synthetic: Optional[SyntheticDataConfig] = None
-    cache_dir: Optional[str] = None
 
 
 @dataclass
-class MultimodalDataConfig:
+class MultimodalDataConfig(SiteDataConfig):
     """Image, FHIR-derived features and notes of one site, joined per patient."""
 
     _target_: str = "flip.data.multimodal.MultimodalDataModule"
     # The modalities' settings carry their own `_target_`s: the join builds them, not Hydra.
     _recursive_: bool = False
-    root: Optional[str] = MISSING
-    site: Optional[str] = None
     # Each modality's settings are those of its own data option (dicom, fhir, text), minus root/site.
     image: Optional[Dict[str, Any]] = None
     tabular: Optional[Dict[str, Any]] = None
@@ -106,21 +92,12 @@ class MultimodalDataConfig:
     label_from: str = "tabular"
     # A patient missing a modality: drop it, or mask (zeros plus a 0 in the modality mask).
     missing: str = "mask"
-    val_fraction: float = 0.2
-    test_fraction: float = 0.2
-    batch_size: int = 32
-    num_workers: int = 0
-    seed: int = SI("${seed}")
-    min_samples: int = 10
-    synthetic: Optional[SyntheticDataConfig] = None
-    cache_dir: Optional[str] = None
 
 
 @dataclass
-class FusionClassifierConfig:
+class FusionClassifierConfig(ClassifierConfig):
     _target_: str = "flip.models.fusion.FusionClassifier"
     modalities: List[str] = field(default_factory=lambda: ["image", "tabular", "text"])
-    num_classes: int = 2
     channels: List[int] = field(default_factory=lambda: [16, 32, 64])
     # null: flip sets it from data.tabular's feature spec.
     tabular_features: Optional[int] = None
@@ -129,27 +106,16 @@ class FusionClassifierConfig:
     embedding_dim: int = 32
     hidden: int = 64
     dropout: float = 0.1
-    metrics: List[str] = field(default_factory=lambda: ["accuracy", "auroc", "f1"])
-    optimizer: Dict[str, Any] = field(
-        default_factory=lambda: {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
-    )
-    scheduler: Optional[Dict[str, Any]] = None
 
 
 @dataclass
-class ImageClassifierConfig:
+class ImageClassifierConfig(ClassifierConfig):
     _target_: str = "flip.models.image.ImageClassifier"
-    num_classes: int = 2
     in_channels: int = 1
     channels: List[int] = field(default_factory=lambda: [16, 32, 64])
     global_pool: str = "max"  # max or avg
     hidden: int = 64
     dropout: float = 0.1
-    metrics: List[str] = field(default_factory=lambda: ["accuracy", "auroc", "f1"])
-    optimizer: Dict[str, Any] = field(
-        default_factory=lambda: {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
-    )
-    scheduler: Optional[Dict[str, Any]] = None
 
 
 @dataclass

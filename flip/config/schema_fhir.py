@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
-from omegaconf import MISSING, SI
+from omegaconf import MISSING
 
-from flip.config.schema_synthetic import SyntheticDataConfig
+from flip.config.schema_common import ClassifierConfig, SiteDataConfig
 
 FHIR_VERSIONS = ("R4", "R4B", "R5")
 AGGREGATES = ("latest", "mean", "min", "max", "count")
@@ -74,13 +74,8 @@ class FhirLabelConfig:
 
 
 @dataclass
-class FhirDataConfig:
+class FhirDataConfig(SiteDataConfig):
     _target_: str = "flip.data.fhir.FhirDataModule"
-    # Folder of this site's data (site-local, left for the site to set); null with `synthetic`
-    # set reads flip's generated data set (its FHIR export is under <site>/fhir).
-    root: Optional[str] = MISSING
-    # Sub-folder of root holding this site's data (e.g. site-1); null uses root itself.
-    site: Optional[str] = None
     # Folder of the export inside the site folder; "." is the site folder itself.
     fhir_dir: str = "."
     # R4 is read with the R4B models (fhir.resources ships no separate R4 package).
@@ -93,34 +88,19 @@ class FhirDataConfig:
     missing: str = "mean"
     # Z-score age and observation columns with the train split's mean and std.
     standardize: bool = True
-    val_fraction: float = 0.2
-    test_fraction: float = 0.2
-    batch_size: int = 32
-    num_workers: int = 0
-    seed: int = SI("${seed}")
-    min_samples: int = 10
-    synthetic: Optional[SyntheticDataConfig] = None
-    # flip's cache folder (null: $FLIP_CACHE_DIR, else ~/.cache/flip): generated data, and the
-    # validated records of each export file under fhir/, keyed by its content (when cache is true).
+    # Keep the validated records of each export file in flip's cache, keyed by its content.
     cache: bool = True
-    cache_dir: Optional[str] = None
     # Processes that validate the export; null: as many as torch has threads.
     parse_processes: Optional[int] = None
 
 
 @dataclass
-class TabularClassifierConfig:
+class TabularClassifierConfig(ClassifierConfig):
     _target_: str = "flip.models.tabular.TabularClassifier"
     # null: the runner passes the data's width (flip.data.fhir_features.num_features(cfg.data)).
     in_features: Optional[int] = None
-    num_classes: int = 2
     hidden: List[int] = field(default_factory=lambda: [64, 32])
     dropout: float = 0.1
-    metrics: List[str] = field(default_factory=lambda: ["accuracy", "auroc", "f1"])
-    optimizer: Dict[str, Any] = field(
-        default_factory=lambda: {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
-    )
-    scheduler: Optional[Dict[str, Any]] = None
 
 
 FHIR_SCHEMAS: Dict[str, type] = {"data/fhir": FhirDataConfig, "model/tabular_mlp": TabularClassifierConfig}

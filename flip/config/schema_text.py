@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from omegaconf import MISSING, SI, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from flip.config.schema_synthetic import SyntheticDataConfig
+from flip.config.schema_common import ClassifierConfig, SiteDataConfig, adam
 
 TEXT_DATA_TARGET = "flip.data.text.TextDataModule"
 TEXT_MODEL_TARGET = "flip.models.text.TextClassifier"
@@ -17,11 +17,8 @@ MAX_BUCKETS = 1 << 22
 
 
 @dataclass
-class TextDataConfig:
+class TextDataConfig(SiteDataConfig):
     _target_: str = TEXT_DATA_TARGET
-    # Folder of this site's data (site-local); `site` picks a sub-folder of it.
-    root: Optional[str] = MISSING
-    site: Optional[str] = None
     # folder (.txt files + labels CSV), jsonl or csv (one file), fhir (NDJSON attachments).
     format: str = "folder"
     notes_dir: str = "notes"
@@ -40,32 +37,17 @@ class TextDataConfig:
     ngram_range: List[int] = field(default_factory=lambda: [1, 2])
     max_tokens: int = 512
     lowercase: bool = True
-    val_fraction: float = 0.2
-    test_fraction: float = 0.2
-    batch_size: int = 32
-    num_workers: int = 0
-    seed: int = SI("${seed}")
-    # A site with fewer usable items stops the run with one clear message.
-    min_samples: int = 10
-    # No root, and these set: flip's generated multi-site data set (notes and a FHIR export per site).
-    synthetic: Optional[SyntheticDataConfig] = None
-    cache_dir: Optional[str] = None
 
 
 @dataclass
-class TextClassifierConfig:
+class TextClassifierConfig(ClassifierConfig):
     _target_: str = TEXT_MODEL_TARGET
-    num_classes: int = 2
     # Must equal data.num_buckets; the option file takes it from there.
     num_buckets: int = 16384
     embedding_dim: int = 64
     hidden: int = 64
     dropout: float = 0.1
-    metrics: List[str] = field(default_factory=lambda: ["accuracy", "auroc", "f1"])
-    optimizer: Dict[str, Any] = field(
-        default_factory=lambda: {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-2}
-    )
-    scheduler: Optional[Dict[str, Any]] = None
+    optimizer: Dict[str, Any] = field(default_factory=lambda: adam(1e-2))
 
 
 TEXT_SCHEMAS: Dict[str, type] = {"data/text": TextDataConfig, "model/text_bow": TextClassifierConfig}

@@ -1,0 +1,55 @@
+"""Schema pieces every data source and every classifier shares (each source's own schema adds to them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING, SI
+
+
+@dataclass
+class SyntheticDataConfig:
+    """Generated into flip's cache on first use: DICOM films, a FHIR export and notes per site."""
+
+    num_sites: int = 3
+    images_per_site: int = 240
+    image_size: int = 64
+    seed: int = 0
+
+
+@dataclass
+class SiteDataConfig:
+    """Keys of every data source: where a site's data is, how it is split and batched."""
+
+    _target_: str = MISSING
+    # Folder of this site's data (site-local, left for the site to set); null with `synthetic`
+    # set reads flip's generated data set from its cache.
+    root: Optional[str] = MISSING
+    # Sub-folder of root holding this site's data (e.g. site-1); null uses root itself.
+    site: Optional[str] = None
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    batch_size: int = 32
+    num_workers: int = 0
+    seed: int = SI("${seed}")
+    # A site with fewer usable items stops the run with one clear message.
+    min_samples: int = 10
+    synthetic: Optional[SyntheticDataConfig] = None
+    # flip's cache folder (null: $FLIP_CACHE_DIR, else $XDG_CACHE_HOME/flip, else ~/.cache/flip).
+    cache_dir: Optional[str] = None
+
+
+def adam(lr: float) -> Dict[str, Any]:
+    return {"_target_": "torch.optim.Adam", "_partial_": True, "lr": lr}
+
+
+@dataclass
+class ClassifierConfig:
+    """Keys of every classifier: classes, metrics, and the optimizer and scheduler to build."""
+
+    _target_: str = MISSING
+    num_classes: int = 2
+    metrics: List[str] = field(default_factory=lambda: ["accuracy", "auroc", "f1"])
+    optimizer: Dict[str, Any] = field(default_factory=lambda: adam(1e-3))
+    scheduler: Optional[Dict[str, Any]] = None
