@@ -22,7 +22,23 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
         best_value = best.get(key)
         table.add_row(key, f"{value:.4f}", "" if best_value is None else f"{best_value:.4f}")
     console.print(table)
+    privacy = summary.get("privacy") or {}
+    if privacy.get("mechanism", "none") != "none" or privacy.get("secure_aggregation"):
+        console.print(f"privacy {privacy_line(privacy)}")
+    if summary.get("stop_reason"):
+        console.print(f"[yellow]stopped early:[/yellow] {summary['stop_reason']}")
     console.print(f"model sha256 {summary['model_sha256'][:16]}…  run directory [bold]{run_dir}[/bold]")
+
+
+def privacy_line(privacy: dict[str, Any]) -> str:
+    """e.g. `dp_client_fixed + SecAgg+ · epsilon 3.2 at delta 1e-05`, or why there is no epsilon."""
+    parts = [privacy.get("mechanism", "none")] + (["SecAgg+"] if privacy.get("secure_aggregation") else [])
+    name = " + ".join(p for p in parts if p != "none") or "none"
+    if not privacy.get("is_dp"):
+        return f"{name} · not differential privacy (no epsilon)"
+    if privacy.get("epsilon") is None:
+        return f"{name} · no epsilon spent"
+    return f"{name} · epsilon {privacy['epsilon']:.3g} at delta {privacy['delta']:.3g}"
 
 
 def print_problems(message: str) -> None:

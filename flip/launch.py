@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,17 @@ from omegaconf import DictConfig
 from flip.config import schema
 from flip.config.compose import searchpath_override
 from flip.console import print_summary
+from flip.errors import FlipError
+
+log = logging.getLogger(__name__)
+
+
+class _RunFailed(BaseException):
+    """Carries a run's FlipError past Hydra, which would print any Exception as a stack trace."""
+
+    def __init__(self, error: FlipError):
+        super().__init__(str(error))
+        self.error = error
 
 
 def hydra_argv(recipe: Path, overrides: list[str], multirun: bool) -> list[str]:
@@ -26,7 +38,11 @@ def launch(recipe: Path, overrides: list[str], multirun: bool = False) -> None:
     from flip.run import run
 
     def task(cfg: DictConfig) -> dict[str, Any]:
-        result = run(cfg, Path(HydraConfig.get().runtime.output_dir), recipe)
+        try:
+            result = run(cfg, Path(HydraConfig.get().runtime.output_dir), recipe)
+        except FlipError as error:
+            log.error("%s", error)  # into the run's log file too
+            raise _RunFailed(error) from error
         print_summary(result.summary, result.run_dir)
         return result.summary
 
@@ -36,5 +52,7 @@ def launch(recipe: Path, overrides: list[str], multirun: bool = False) -> None:
     sys.argv = [saved_argv[0], *hydra_argv(recipe, overrides, multirun)]
     try:
         app()
+    except _RunFailed as failed:
+        raise failed.error from None
     finally:
         sys.argv = saved_argv

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from flip.results import MetricsTable, model_sha256
 from flip.training import MetricsRecorder, build_datamodule, build_model, build_trainer
@@ -31,7 +31,9 @@ def run_local(cfg: DictConfig, run_dir: Path) -> ModeResult:
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    trainer = build_trainer(cfg, callbacks=[best], logger=MetricsRecorder(table, site))
+    dp_sgd = _dp_sgd(cfg)
+    callbacks = [best] if dp_sgd is None else [best, dp_sgd]
+    trainer = build_trainer(cfg, callbacks=callbacks, logger=MetricsRecorder(table, site))
     log.info("training on %s: %d train / %d val / %d test images", site, *datamodule.split_sizes)
     trainer.fit(model, datamodule=datamodule)
     rounds = trainer.current_epoch
@@ -44,6 +46,10 @@ def run_local(cfg: DictConfig, run_dir: Path) -> ModeResult:
         table.add(rounds, site, split, metric, value)
     best_round = _best_round(best, table)
     best_test = trainer.test(model, datamodule=datamodule, ckpt_path=best.best_model_path, verbose=False)[0]
+    privacy = local_privacy(cfg, dp_sgd)
+    if privacy["epsilon"] is not None:
+        table.add(rounds, site, "privacy", "epsilon", privacy["epsilon"])
+        table.add(rounds, site, "privacy", "delta", privacy["delta"])
 
     return ModeResult(
         rounds=rounds,
@@ -52,7 +58,29 @@ def run_local(cfg: DictConfig, run_dir: Path) -> ModeResult:
         best_metrics={"round": best_round, **table.at_round(best_round, "val"), **best_test},
         table=table,
         sites=[SiteReport.from_datamodule(datamodule)],
+        privacy=privacy,
     )
+
+
+def _dp_sgd(cfg: DictConfig):
+    if cfg.privacy.mechanism != "dp_sgd":
+        return None
+    from flip.privacy.dp_sgd import DpSgd
+
+    return DpSgd(OmegaConf.to_container(cfg.privacy, resolve=True))
+
+
+def local_privacy(cfg: DictConfig, dp_sgd) -> dict:
+    """The privacy summary of a local run: DP-SGD's spent budget, or no DP."""
+    spent = dp_sgd.spent() if dp_sgd is not None else {}
+    return {
+        "mechanism": cfg.privacy.mechanism,
+        "secure_aggregation": False,
+        "is_dp": dp_sgd is not None,
+        "epsilon": spent.get("epsilon"),
+        "delta": spent.get("delta"),
+        "max_epsilon": cfg.privacy.get("max_epsilon"),
+    }
 
 
 def _best_round(best: ModelCheckpoint, table: MetricsTable) -> int:

@@ -85,6 +85,9 @@ def run(cfg: DictConfig, run_dir: Path, recipe: Path | None = None) -> RunResult
         "best_metrics": result.best_metrics,
         "sites": [asdict(site) for site in result.sites],
         "failures": result.failures,
+        "withheld": result.withheld,
+        "privacy": result.privacy,
+        "stop_reason": result.stop_reason,
         "wall_time_s": round(wall_time, 3),
     }
     write_json(run_dir / "summary.json", summary)
@@ -92,6 +95,7 @@ def run(cfg: DictConfig, run_dir: Path, recipe: Path | None = None) -> RunResult
         status="completed",
         finished_at=now_iso(),
         model_sha256=result.model_sha256,
+        privacy=result.privacy,
         data={site.site: {"fingerprint": site.fingerprint, "items": site.found} for site in result.sites},
     )
     write_json(run_dir / "manifest.json", manifest)

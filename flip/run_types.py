@@ -41,3 +41,9 @@ class ModeResult:
     sites: list[SiteReport] = field(default_factory=list)
     # Sites that raised or did not reply: round, site, phase and a traceback summary.
     failures: list[dict[str, Any]] = field(default_factory=list)
+    # Replies a site withheld under its policy's k: round, site, phase and why.
+    withheld: list[dict[str, Any]] = field(default_factory=list)
+    # {mechanism, secure_aggregation, is_dp, epsilon, delta, max_epsilon}.
+    privacy: dict[str, Any] = field(default_factory=dict)
+    # Why the run stopped before its last round (e.g. the privacy budget), if it did.
+    stop_reason: str | None = None

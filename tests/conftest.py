@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,34 @@ def write_recipe(directory: Path, body: str, name: str = "recipe") -> Path:
     path = directory / f"{name}.yaml"
     path.write_text(body, encoding="utf-8")
     return path
+
+
+def in_memory_grid(monkeypatch: pytest.MonkeyPatch, num_nodes: int):
+    """Flower's in-memory grid with `num_nodes` online nodes, built the way `run_simulation` builds it.
+
+    Instruction Messages take their sender from the process-wide TaskIdentity, which Flower sets
+    when a ServerApp starts; it is set here for the test only.
+    """
+    from flwr.common.constant import HEARTBEAT_INTERVAL_INF, NOOP_ACCOUNT_NAME, NOOP_FLWR_AID, SUPERLINK_NODE_ID
+    from flwr.server.superlink.linkstate import LinkStateFactory
+    from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID, TaskType
+    from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.supercore.task_identity import TaskIdentity
+    from flwr.superlink.federation import NoOpFederationManager
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
+    state = factory.state()
+    run_id = state.create_run(None, None, None, {}, NOOP_FEDERATION_ID, None, None, TaskType.SERVER_APP)
+    for _ in range(num_nodes):
+        node_id = state.create_node(
+            NOOP_FLWR_AID, NOOP_ACCOUNT_NAME, secrets.token_bytes(32), heartbeat_interval=HEARTBEAT_INTERVAL_INF
+        )
+        state.acknowledge_node_heartbeat(node_id=node_id, heartbeat_interval=HEARTBEAT_INTERVAL_INF)
+    (run,) = state.get_run_info(run_ids=[run_id])
+    grid = InMemoryGrid(factory)
+    grid.set_run(run)
+    monkeypatch.setattr(TaskIdentity, "_run_id", run.run_id)
+    monkeypatch.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)
+    monkeypatch.setattr(TaskIdentity, "_task_id", run.primary_task_id)
+    return grid

@@ -8,7 +8,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from flip.config.schema import METRIC_NAMES
+from flip.errors import ConfigError
 from flip.config.schema_fhir import fhir_problems
+from flip.config.schema_privacy import privacy_problems
 from flip.config.schema_text import text_rule
 from flip.config.strategies import strategy_problems
 from flip.data.partition import KINDS
@@ -16,20 +18,12 @@ from flip.data.partition import KINDS
 BY_SITE_SOURCES = ("folder", "column", "attribute")
 
 IMPLEMENTED_MODES = ("local", "simulation")
-IMPLEMENTED_PRIVACY = ("none",)
 
 
 def _mode(cfg: DictConfig) -> list[str]:
     mode = cfg.federation.mode
     if mode not in IMPLEMENTED_MODES:
         return [f"federation.mode: '{mode}' is not a federation mode (available: {', '.join(IMPLEMENTED_MODES)})"]
-    return []
-
-
-def _privacy(cfg: DictConfig) -> list[str]:
-    mechanism = cfg.privacy.mechanism
-    if mechanism not in IMPLEMENTED_PRIVACY:
-        return [f"privacy.mechanism: '{mechanism}' is not a privacy mechanism (available: {', '.join(IMPLEMENTED_PRIVACY)})"]
     return []
 
 
@@ -112,6 +106,39 @@ def _federation(cfg: DictConfig) -> list[str]:
     return problems + strategy_problems(cfg.strategy, federation.num_sites)
 
 
+def _sites(cfg: DictConfig) -> list[str]:
+    """Simulated sites' own settings: known site names, and policies that match their schema."""
+    from flip.config.schema_privacy import MECHANISMS, SitePolicy
+    from flip.config.validate import check_node
+    from flip.federation.site_config import POLICY, sites_mapping
+
+    federation = cfg.federation
+    if federation.mode == "local":
+        return []
+    try:
+        sites = sites_mapping(federation)
+    except ConfigError as error:
+        return error.problems
+    names = [f"site-{i + 1}" for i in range(federation.num_sites)]
+    problems = []
+    for name, settings in sites.items():
+        key = f"federation.sites.{name}"
+        if name not in names:
+            problems.append(f"{key}: no such site in a {federation.num_sites}-site run (sites are {names[0]} .. {names[-1]})")
+            continue
+        policy = (settings or {}).get(POLICY)
+        if policy is None:
+            continue
+        if not isinstance(policy, dict):
+            problems.append(f"{key}.{POLICY}: must be a mapping, got {policy!r}")
+            continue
+        problems += check_node(policy, SitePolicy, f"{key}.{POLICY}")
+        for mechanism in policy.get("allowed_mechanisms") or []:
+            if mechanism not in MECHANISMS:
+                problems.append(f"{key}.{POLICY}.allowed_mechanisms: '{mechanism}' is not a privacy mechanism")
+    return problems
+
+
 def _partition(cfg: DictConfig) -> list[str]:
     partition = cfg.partition
     problems = []
@@ -163,7 +190,7 @@ def _multimodal(cfg: DictConfig) -> list[str]:
 
 
 RULES: tuple[Callable[[DictConfig], list[str]], ...] = (
-    _mode, _privacy, _metrics, _model, _splits, _data_source, _positive, _federation, _partition, text_rule, _fhir, _multimodal
+    _mode, privacy_problems, _metrics, _model, _splits, _data_source, _positive, _federation, _sites, _partition, text_rule, _fhir, _multimodal
 )
 
 

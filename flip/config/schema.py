@@ -16,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, SI
 
 from flip.config.schema_fhir import FHIR_SCHEMAS
+from flip.config.schema_privacy import PRIVACY_SCHEMAS
 from flip.config.schema_common import ClassifierConfig, SiteDataConfig
 from flip.config.schema_text import TEXT_SCHEMAS
 from flip.config.strategies import STRATEGY_SCHEMAS
@@ -172,8 +173,11 @@ class SimulationFederationConfig:
     round_timeout: float = 600.0
     # A site whose data the server holds (an external test set), evaluated after every round.
     server_eval_site: Optional[str] = None
-    # Site-local data settings by site name, e.g. {site-1: {root: /data/a}}.
+    # Site-local settings by site name: data keys and the site's privacy `policy`,
+    # e.g. {site-1: {root: /data/a, policy: {require_dp: true}}}. Stand-ins for each site's own config.
     sites: Dict[str, Any] = field(default_factory=dict)
+    # A YAML file with the same mapping; entries in `sites` override it.
+    sites_file: Optional[str] = None
 
 
 @dataclass
@@ -191,11 +195,6 @@ class PartitionConfig:
     seed: int = SI("${seed}")
 
 
-@dataclass
-class NoPrivacyConfig:
-    mechanism: str = "none"
-
-
 SCHEMAS: Dict[str, type] = {
     "root": FlipConfig,
     "data/dicom": DicomDataConfig,
@@ -207,7 +206,7 @@ SCHEMAS: Dict[str, type] = {
     "federation/local": LocalFederationConfig,
     "federation/simulation": SimulationFederationConfig,
     "partition/partition": PartitionConfig,
-    "privacy/none": NoPrivacyConfig,
+    **PRIVACY_SCHEMAS,
     **STRATEGY_SCHEMAS,
     **TEXT_SCHEMAS,
     **FHIR_SCHEMAS,

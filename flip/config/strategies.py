@@ -173,7 +173,7 @@ def strategy_problems(strategy_cfg: Mapping[str, Any], num_sites: int) -> list[s
     for key, (ok, rule) in _RULES.get(kind, {}).items():
         if _is_number(cfg.get(key)) and not ok(cfg[key]):
             problems.append(f"strategy.{key}: {cfg[key]} {rule}")
-    problems += _robustness_problems(kind, cfg, _sites_per_round(cfg, num_sites))
+    problems += _robustness_problems(kind, cfg, sites_per_round(cfg, num_sites))
     return problems
 
 
@@ -202,7 +202,7 @@ def _sampling_problems(cfg: dict[str, Any], num_sites: int) -> Iterator[str]:
             )
 
 
-def _sites_per_round(cfg: dict[str, Any], num_sites: int) -> int:
+def sites_per_round(cfg: dict[str, Any], num_sites: int) -> int:
     """Sites Flower samples for training each round, as `FedAvg.configure_train` computes it."""
     fraction, minimum = cfg.get("fraction_train"), cfg.get("min_train_nodes")
     if not (_is_number(fraction) and _is_number(minimum) and 0 <= fraction <= 1):

@@ -1,20 +1,40 @@
-"""flip's Flower ClientApp: checks the config it receives, then calls the plain site functions."""
+"""flip's Flower ClientApp: checks the config and the site's own policy, then calls the plain site functions."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import partial
+
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.client.mod.utils import make_ffn
 from flwr.clientapp import ClientApp
 from omegaconf import DictConfig
 
+from flip.config.schema_privacy import SitePolicy
 from flip.federation.keeper import site_record
 from flip.federation.shipping import unpack_config
-from flip.federation.site import SiteReply, evaluate_round, train_round
+from flip.federation.site import SiteReply, evaluate_round, site_datamodule, train_round
+from flip.federation.site_config import site_key, site_settings
+from flip.federation.strategy import WITHHELD
+from flip.privacy.plan import PrivacyPlan
+from flip.privacy.policy import PolicyRefusal, policy_refusals, site_epsilon_cap, site_policy
+from flip.privacy.secagg import is_secagg_message, secagg_train
 
 CONFIG_KEY = "flip-config"
 DIGEST_KEY = "flip-config-sha256"
 
 app = ClientApp()
+
+
+@dataclass
+class AcceptedRun:
+    """A run this site has checked and agreed to serve."""
+
+    cfg: DictConfig
+    index: int
+    policy: SitePolicy
+    plan: PrivacyPlan
 
 
 def site_index(context: Context) -> int:
@@ -29,11 +49,23 @@ def received_config(message: Message) -> DictConfig:
     return cfg
 
 
-def _reply(message: Message, reply: SiteReply, extra: dict[str, float]) -> Message:
+def accepted_run(message: Message, context: Context) -> AcceptedRun:
+    """The run in `message`, once its config and this site's policy allow it; before any data is read."""
+    cfg = received_config(message)
+    index = site_index(context)
+    policy = site_policy(site_settings(cfg, index, context.node_config), site_key(index))
+    plan = PrivacyPlan.from_config(cfg)
+    refusals = policy_refusals(policy, plan, int(cfg.federation.num_rounds))
+    if refusals:
+        raise PolicyRefusal(f"{site_key(index)} refuses this run: {'; '.join(refusals)}")
+    return AcceptedRun(cfg, index, policy, plan)
+
+
+def _reply(message: Message, reply: SiteReply, run: AcceptedRun, extra: dict[str, float]) -> Message:
     content = RecordDict(
         {
-            "metrics": MetricRecord({"num-examples": reply.num_examples, **reply.metrics, **extra}),
-            "site": site_record(reply.report),
+            "metrics": MetricRecord({"num-examples": reply.num_examples, **reply.metrics, **run.plan.reply_weights(), **extra}),
+            "site": site_record(reply.report, run.policy.min_cohort),
         }
     )
     if reply.state is not None:
@@ -41,29 +73,59 @@ def _reply(message: Message, reply: SiteReply, extra: dict[str, float]) -> Messa
     return Message(content, reply_to=message)
 
 
+def _withheld(message: Message, reason: str) -> Message:
+    """A reply that carries nothing but why: the site's cohort is below its policy's k."""
+    return Message(RecordDict({WITHHELD: ConfigRecord({"reason": reason})}), reply_to=message)
+
+
+def _small_splits(run: AcceptedRun, splits: dict[str, int]) -> str | None:
+    k = run.policy.min_cohort
+    small = [f"{n} {split}" for split, n in splits.items() if n < k]
+    return f"{', '.join(small)} sample(s), fewer than the site's policy.min_cohort={k}" if small else None
+
+
 @app.query()
 def identify(message: Message, context: Context) -> Message:
-    """The server's handshake: which site is this node?"""
+    """The server's handshake: which site is this node, and does it accept the run?"""
+    accepted_run(message, context)
     return Message(RecordDict({"site": ConfigRecord({"partition-id": site_index(context)})}), reply_to=message)
 
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
-    cfg = received_config(message)
+    if is_secagg_message(message):
+        return secagg_train(message, context, _private_train)
+    return _private_train(message, context)
+
+
+def _private_train(message: Message, context: Context) -> Message:
+    """The privacy plan's client mods around the site's training."""
+    run = accepted_run(message, context)
+    n_train = site_datamodule(run.cfg, run.index).split_sizes[0]
+    if reason := _small_splits(run, {"train": n_train}):
+        return _withheld(message, reason)
+    return make_ffn(partial(_train, run=run), run.plan.train_mods())(message, context)
+
+
+def _train(message: Message, context: Context, run: AcceptedRun) -> Message:
     config = message.content["config"]
     reply = train_round(
-        cfg,
-        site_index(context),
+        run.cfg,
+        run.index,
         message.content["arrays"].to_torch_state_dict(),
         server_round=int(config["server-round"]),
         proximal_mu=float(config.get("proximal-mu", 0.0)),
+        epsilon_cap=site_epsilon_cap(run.policy, run.plan),
     )
     # QFedAvg reads the local loss under this key.
-    return _reply(message, reply, {"train_loss": reply.metrics.get("train/loss", 0.0)})
+    return _reply(message, reply, run, {"train_loss": reply.metrics.get("train/loss", 0.0)})
 
 
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
-    cfg = received_config(message)
-    reply = evaluate_round(cfg, site_index(context), message.content["arrays"].to_torch_state_dict())
-    return _reply(message, reply, {})
+    run = accepted_run(message, context)
+    _, n_val, n_test = site_datamodule(run.cfg, run.index).split_sizes
+    if reason := _small_splits(run, {"val": n_val, "test": n_test}):
+        return _withheld(message, reason)
+    reply = evaluate_round(run.cfg, run.index, message.content["arrays"].to_torch_state_dict())
+    return _reply(message, reply, run, {})

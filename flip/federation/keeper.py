@@ -13,12 +13,14 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from rich.progress import Progress
 
+from flip.privacy.accounting import PrivacyLedger
 from flip.results import MetricsTable
 from flip.run_types import SiteReport
 
 log = logging.getLogger(__name__)
 FEDERATED = "federated"
 SERVER = "server"
+PRIVACY = "privacy"
 
 
 def site_report_of(message: Message) -> SiteReport:
@@ -33,8 +35,13 @@ def site_report_of(message: Message) -> SiteReport:
     )
 
 
-def site_record(report: SiteReport) -> ConfigRecord:
-    """A site's counts and fingerprint in the form a reply carries them (no patient data)."""
+def site_record(report: SiteReport, min_cohort: int = 1) -> ConfigRecord:
+    """A site's counts and fingerprint in the form a reply carries them (no patient data).
+
+    Label counts below the site's k (`min_cohort`) are left out, as small cells are in any
+    published table.
+    """
+    labels = {label: n for label, n in report.label_counts.items() if n >= min_cohort}
     return ConfigRecord(
         {
             "name": report.site,
@@ -42,8 +49,8 @@ def site_record(report: SiteReport) -> ConfigRecord:
             "found": report.found,
             "skipped": report.skipped,
             "split_sizes": list(report.split_sizes),
-            "label_keys": list(report.label_counts),
-            "label_counts": list(report.label_counts.values()),
+            "label_keys": list(labels),
+            "label_counts": list(labels.values()),
         }
     )
 
@@ -73,11 +80,16 @@ class RoundKeeper:
     num_rounds: int
     server_evaluate: Callable[[dict[str, torch.Tensor]], dict[str, float]] | None = None
     progress: Progress | None = None
+    ledger: PrivacyLedger | None = None
     table: MetricsTable = field(default_factory=MetricsTable)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    withheld: list[dict[str, Any]] = field(default_factory=list)
     sites: dict[int, SiteReport] = field(default_factory=dict)
     best_round: int = 0
     best_value: float | None = None
+    # The latest global weights and their round: what a run stopped early keeps.
+    last_state: dict[str, torch.Tensor] | None = None
+    last_round: int = 0
     _task: Any = None
 
     def name(self, site: int) -> str:
@@ -86,17 +98,32 @@ class RoundKeeper:
 
     # -- RoundObserver
 
+    def before_train(self, server_round: int, sites: list[int]) -> None:
+        if self.ledger is not None:
+            self.ledger.before_round(server_round, sites)
+
+    def site_withheld(self, server_round: int, phase: str, site: int, reason: str) -> None:
+        log.info("round %d: %s withheld its %s reply: %s", server_round, self.name(site), phase, reason)
+        self.withheld.append({"round": server_round, "site": self.name(site), "phase": phase, "reason": reason})
+
     def site_failed(self, server_round: int, phase: str, site: int, error: str) -> None:
         log.error("round %d: %s failed in %s: %s", server_round, self.name(site), phase, error)
         self.failures.append({"round": server_round, "site": self.name(site), "phase": phase, "error": error})
 
     def train_replies(self, server_round: int, replies: list[tuple[int, Message]]) -> None:
+        site_metrics = {}
         for site, message in replies:
             self.sites[site] = site_report_of(message)
-            for key, value in message.content["metrics"].items():
+            site_metrics[site] = dict(message.content["metrics"].items())
+            for key, value in site_metrics[site].items():
                 split, _, metric = key.partition("/")
-                if metric and split == "train":
+                if metric and split in ("train", PRIVACY):
                     self.table.add(server_round, self.name(site), split, metric, value)
+        if self.ledger is not None and self.ledger.plan.is_dp:
+            epsilon = self.ledger.after_round([site for site, _ in replies], site_metrics)
+            if epsilon is not None:
+                self.table.add(server_round, FEDERATED, PRIVACY, "epsilon", epsilon)
+                self.table.add(server_round, FEDERATED, PRIVACY, "delta", self.ledger.delta or float("nan"))
 
     def evaluate_replies(self, server_round: int, replies: list[tuple[int, Message]]) -> None:
         totals: dict[str, list[float]] = {}
@@ -120,6 +147,7 @@ class RoundKeeper:
 
     def end_round(self, server_round: int, arrays: ArrayRecord) -> None:
         state = arrays.to_torch_state_dict()
+        self.last_state, self.last_round = state, server_round
         if self.server_evaluate is not None:
             for key, value in self.server_evaluate(state).items():
                 split, _, metric = key.partition("/")

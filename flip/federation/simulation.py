@@ -19,6 +19,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from flip.console import console
 from flip.errors import FlipError
 from flip.federation.keeper import FEDERATED, SERVER, RoundKeeper, save_weights_checkpoint
+from flip.privacy.accounting import PrivacyLedger
+from flip.privacy.plan import PrivacyPlan
 from flip.results import model_sha256
 from flip.run_types import ModeResult
 from flip.training import build_datamodule, build_model
@@ -108,6 +110,7 @@ def run_simulation_mode(cfg: DictConfig, run_dir: Path) -> ModeResult:
         num_rounds=federation.num_rounds,
         server_evaluate=_server_evaluator(cfg),
         progress=progress if cfg.trainer.enable_progress_bar else None,
+        ledger=PrivacyLedger(PrivacyPlan.from_config(cfg)),
     )
     # Generate or fetch shared inputs once, here, before site processes race to do it.
     build_datamodule(cfg).prepare_data()
@@ -120,12 +123,15 @@ def run_simulation_mode(cfg: DictConfig, run_dir: Path) -> ModeResult:
             num_supernodes=federation.num_sites,
             backend_config=backend_config(cfg, scratch),
         )
-    if outcome.result is None or not len(outcome.result.arrays):
-        raise FlipError("the federation produced no model: no round was aggregated (see the run log)")
-    state = outcome.result.arrays.to_torch_state_dict()
-    model.load_state_dict(state)
-    save_weights_checkpoint(model, model.state_dict(), checkpoints / "final.ckpt", federation.num_rounds)
-    return _mode_result(keeper, federation.num_rounds, model_sha256(model.state_dict()))
+    if keeper.last_state is None or keeper.last_round == 0:
+        reason = outcome.stop_reason or "no round was aggregated (see the run log)"
+        raise FlipError(f"the federation produced no model: {reason}")
+    # The latest global model: the last round's, or the one before a round the budget forbade.
+    model.load_state_dict(keeper.last_state)
+    save_weights_checkpoint(model, model.state_dict(), checkpoints / "final.ckpt", keeper.last_round)
+    result = _mode_result(keeper, keeper.last_round, model_sha256(model.state_dict()))
+    result.stop_reason = outcome.stop_reason
+    return result
 
 
 def _mode_result(keeper: RoundKeeper, rounds: int, digest: str) -> ModeResult:
@@ -149,4 +155,6 @@ def _mode_result(keeper: RoundKeeper, rounds: int, digest: str) -> ModeResult:
         table=table,
         sites=[keeper.sites[index] for index in sorted(keeper.sites)],
         failures=keeper.failures,
+        withheld=keeper.withheld,
+        privacy=keeper.ledger.summary() if keeper.ledger else {},
     )

@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from flip.federation.site_config import data_settings, site_settings
 from flip.results import config_sha256
 from flip.run_types import SiteReport
 from flip.training import build_datamodule, build_model, build_trainer, quiet_lightning
@@ -33,11 +34,6 @@ class SiteReply:
     report: SiteReport
 
 
-def site_key(index: int) -> str:
-    """The name a site has in `federation.sites` and in logs before its data names it."""
-    return f"site-{index + 1}"
-
-
 def site_data_overrides(cfg: DictConfig, index: int) -> dict[str, Any]:
     """Data settings for site `index`: its partition, plus its site-local settings."""
     federation = cfg.federation
@@ -45,8 +41,7 @@ def site_data_overrides(cfg: DictConfig, index: int) -> dict[str, Any]:
     partition.update(index=index, num_partitions=federation.num_sites)
     if federation.get("server_eval_site"):
         partition["exclude"] = [federation.server_eval_site]
-    site_local = OmegaConf.to_container(federation.sites, resolve=True).get(site_key(index), {})
-    return {"partition": partition, **site_local}
+    return {"partition": partition, **data_settings(site_settings(cfg, index))}
 
 
 def _sha_of(*nodes: Any) -> str:
@@ -98,14 +93,37 @@ def _model_with(cfg: DictConfig, state: StateDict) -> L.LightningModule:
     return model
 
 
-def train_round(cfg: DictConfig, index: int, global_state: StateDict, server_round: int, proximal_mu: float = 0.0) -> SiteReply:
-    """Local training of site `index` from the global weights; returns the new weights and metrics."""
+def _dp_sgd(cfg: DictConfig, server_round: int, epsilon_cap: float | None) -> Callback | None:
+    """Opacus DP-SGD for this round, when the run asks for it; accounts the rounds before it."""
+    if cfg.privacy.mechanism != "dp_sgd":
+        return None
+    from flip.privacy.dp_sgd import DpSgd
+
+    settings = {**OmegaConf.to_container(cfg.privacy, resolve=True), "max_epsilon": epsilon_cap}
+    return DpSgd(settings, rounds_before=server_round - 1, rounds_total=cfg.federation.num_rounds)
+
+
+def train_round(
+    cfg: DictConfig,
+    index: int,
+    global_state: StateDict,
+    server_round: int,
+    proximal_mu: float = 0.0,
+    epsilon_cap: float | None = None,
+) -> SiteReply:
+    """Local training of site `index` from the global weights; returns the new weights and metrics.
+
+    `epsilon_cap` is the DP-SGD budget the site holds itself to (the run's or its policy's).
+    """
     quiet_lightning()
     _seed(cfg, server_round, index)
     datamodule = site_datamodule(cfg, index)
     model = _model_with(cfg, global_state)
     federation = cfg.federation
     callbacks = [ProximalTerm(global_state, proximal_mu)] if proximal_mu > 0 else []
+    dp_sgd = _dp_sgd(cfg, server_round, epsilon_cap)
+    if dp_sgd is not None:
+        callbacks.append(dp_sgd)
     trainer = build_trainer(
         cfg,
         callbacks,
@@ -119,6 +137,8 @@ def train_round(cfg: DictConfig, index: int, global_state: StateDict, server_rou
     )
     trainer.fit(model, datamodule=datamodule)
     metrics = {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("train/")}
+    if dp_sgd is not None:
+        metrics.update({f"privacy/{key}": float(value) for key, value in dp_sgd.spent().items() if value is not None})
     return SiteReply(model.state_dict(), metrics, datamodule.split_sizes[0], SiteReport.from_datamodule(datamodule))
 
 

@@ -72,7 +72,7 @@ def test_too_few_successful_sites_stop_the_run_with_a_clear_message(tmp_path):
     broken = "+federation.sites.site-2={root: /nonexistent/site-2}"
     result = flip_run(tmp_path, "dicom_synthetic_fedavg", *SIM, "federation.min_successful_sites=2", broken)
     assert result.returncode == 1
-    assert "round 1: 1 of 2 sampled site(s) trained successfully, fewer than federation.min_successful_sites=2" in result.stderr
+    assert "round 1: 1 of 2 sampled site(s) sent an update, fewer than federation.min_successful_sites=2" in result.stderr
     (manifest,) = (tmp_path / "runs").rglob("manifest.json")
     assert json.loads(manifest.read_text())["status"] == "failed"
 

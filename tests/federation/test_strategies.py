@@ -4,19 +4,12 @@ site replies; `strategy_problems` reports every cross-key mistake."""
 from __future__ import annotations
 
 import inspect
-import secrets
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.common.constant import HEARTBEAT_INTERVAL_INF, NOOP_ACCOUNT_NAME, NOOP_FLWR_AID, SUPERLINK_NODE_ID
-from flwr.server.superlink.linkstate import LinkStateFactory
-from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID, TaskType
-from flwr.supercore.object_store import ObjectStoreFactory
-from flwr.supercore.task_identity import TaskIdentity
-from flwr.superlink.federation import NoOpFederationManager
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_class, instantiate
@@ -26,6 +19,7 @@ from flip.config.recipes import resolve_recipe
 from flip.config.validate import validate
 from flip.config.strategies import FLOWER, STRATEGY_SCHEMAS, strategy_problems
 from flip.paths import CONF_DIR
+from tests.conftest import in_memory_grid
 
 STRATEGY_DIR = CONF_DIR / "strategy"
 OPTION_FILES = sorted(STRATEGY_DIR.glob("*.yaml"))
@@ -51,26 +45,7 @@ def strategy_schemas() -> None:
 
 @pytest.fixture
 def grid(monkeypatch: pytest.MonkeyPatch) -> InMemoryGrid:
-    """Flower's in-memory grid with NUM_SITES online nodes, built the way `run_simulation` builds it.
-
-    Instruction Messages take their sender from the process-wide TaskIdentity, which Flower sets
-    when a ServerApp starts; it is set here for the test only.
-    """
-    factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
-    state = factory.state()
-    run_id = state.create_run(None, None, None, {}, NOOP_FEDERATION_ID, None, None, TaskType.SERVER_APP)
-    for _ in range(NUM_SITES):
-        node_id = state.create_node(
-            NOOP_FLWR_AID, NOOP_ACCOUNT_NAME, secrets.token_bytes(32), heartbeat_interval=HEARTBEAT_INTERVAL_INF
-        )
-        state.acknowledge_node_heartbeat(node_id=node_id, heartbeat_interval=HEARTBEAT_INTERVAL_INF)
-    (run,) = state.get_run_info(run_ids=[run_id])
-    grid = InMemoryGrid(factory)
-    grid.set_run(run)
-    monkeypatch.setattr(TaskIdentity, "_run_id", run.run_id)
-    monkeypatch.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)
-    monkeypatch.setattr(TaskIdentity, "_task_id", run.primary_task_id)
-    return grid
+    return in_memory_grid(monkeypatch, NUM_SITES)
 
 
 def compose_option(path: Path) -> DictConfig:

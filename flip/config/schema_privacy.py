@@ -1,0 +1,279 @@
+"""Schemas for the options in ``conf/privacy/`` and for a site's own privacy policy.
+
+Every option names one `mechanism` and may add secure aggregation (`secagg`). The option is
+turned into one plan (`flip.privacy.plan`) that both the server and every site build from,
+so the two halves of a mechanism cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from flip.config.strategies import sites_per_round
+
+MECHANISMS = (
+    "none",
+    "dp_server_fixed",
+    "dp_server_adaptive",
+    "dp_client_fixed",
+    "dp_client_adaptive",
+    "local_dp",
+    "dp_sgd",
+    "percentile",
+)
+
+
+CENTRAL_DP = ("dp_server_fixed", "dp_server_adaptive", "dp_client_fixed", "dp_client_adaptive")
+DP = (*CENTRAL_DP, "local_dp", "dp_sgd")
+# Strategies whose aggregate is a weighted mean of the updates: the only ones a secure sum can feed.
+MEAN_STRATEGIES = ("FedAvg", "FedProx", "FedAvgM", "FedAdam", "FedYogi", "FedAdagrad")
+
+
+@dataclass
+class SecAggConfig:
+    """SecAgg+ (Flower's workflow and client mod): the server only ever sees the sum of updates."""
+
+    # Shares each site's secrets are split into; null: one per sampled site.
+    num_shares: Optional[int] = None
+    # Shares needed to rebuild a dropped site's mask; at least 2 and at most the sampled sites.
+    reconstruction_threshold: int = 2
+    # Weights are clipped to [-clipping_range, clipping_range] and quantised to quantization_range levels.
+    clipping_range: float = 8.0
+    quantization_range: int = 4194304
+    modulus_range: int = 4294967296
+    # Largest per-site weight (training examples) the quantised sum can carry.
+    max_weight: float = 1000.0
+
+
+@dataclass
+class PrivacyConfig:
+    """Keys every privacy option has."""
+
+    mechanism: str = "none"
+    # Secure aggregation on top of the mechanism (null: off).
+    secagg: Optional[SecAggConfig] = None
+    # Accounting: delta of the reported (epsilon, delta); null picks min(1e-5, 1/N^1.1) (N: sites or samples).
+    delta: Optional[float] = None
+    # Stop the run before a round that would spend more than this epsilon (null: no budget).
+    max_epsilon: Optional[float] = None
+
+
+@dataclass
+class CentralDpConfig(PrivacyConfig):
+    """dp_server_fixed / dp_client_fixed: updates clipped to `clipping_norm`, Gaussian noise on the sum."""
+
+    mechanism: str = "dp_client_fixed"
+    noise_multiplier: float = 1.0
+    clipping_norm: float = 1.0
+
+
+@dataclass
+class AdaptiveDpConfig(PrivacyConfig):
+    """dp_server_adaptive / dp_client_adaptive: the clipping norm follows a quantile of update norms."""
+
+    mechanism: str = "dp_client_adaptive"
+    noise_multiplier: float = 0.5
+    initial_clipping_norm: float = 0.1
+    target_clipped_quantile: float = 0.5
+    clip_norm_lr: float = 0.2
+    # Noise on the count of clipped updates; null is Flower's default (sampled sites / 20).
+    clipped_count_stddev: Optional[float] = None
+
+
+@dataclass
+class LocalDpConfig(PrivacyConfig):
+    """local_dp: every site clips its update and adds Gaussian noise before sending it (Flower's LocalDpMod)."""
+
+    mechanism: str = "local_dp"
+    clipping_norm: float = 1.0
+    sensitivity: float = 1.0
+    # (epsilon, delta) each site's release satisfies in one round.
+    epsilon: float = 10.0
+    delta: Optional[float] = 1e-5
+
+
+@dataclass
+class DpSgdConfig(PrivacyConfig):
+    """dp_sgd: sample-level DP-SGD inside each site's training (Opacus)."""
+
+    mechanism: str = "dp_sgd"
+    # Noise of each step relative to `clipping_norm`; null derives it from target_epsilon.
+    noise_multiplier: Optional[float] = 1.0
+    target_epsilon: Optional[float] = None
+    # Per-sample gradient norm bound.
+    clipping_norm: float = 1.0
+    # Poisson sampling of batches, which the accountant's bound assumes.
+    poisson_sampling: bool = True
+
+
+@dataclass
+class PercentileConfig(PrivacyConfig):
+    """percentile: share only the largest update entries, clipped (a heuristic, not DP)."""
+
+    mechanism: str = "percentile"
+    # Entries whose |update| is below this percentile of all |update| entries are not sent.
+    percentile: float = 10.0
+    # Sent entries are clipped to [-gamma, gamma].
+    gamma: float = 0.01
+
+
+@dataclass
+class SitePolicy:
+    """What one site accepts; kept in the site's own config, never in a recipe."""
+
+    # Refuse runs without differential privacy / without secure aggregation.
+    require_dp: bool = False
+    require_secure_aggregation: bool = False
+    # Mechanisms this site accepts (null: any that the other rules allow).
+    allowed_mechanisms: Optional[List[str]] = None
+    # Largest epsilon the whole run may spend on this site's data (null: no limit).
+    max_epsilon: Optional[float] = None
+    # Smallest noise multiplier accepted for noise-adding mechanisms.
+    min_noise_multiplier: Optional[float] = None
+    # k: below this many samples in a split the site sends no update and no metrics of it.
+    min_cohort: int = 1
+
+
+PRIVACY_SCHEMAS: Dict[str, type] = {
+    "privacy/none": PrivacyConfig,
+    "privacy/central_dp": CentralDpConfig,
+    "privacy/adaptive_dp": AdaptiveDpConfig,
+    "privacy/local_dp": LocalDpConfig,
+    "privacy/dp_sgd": DpSgdConfig,
+    "privacy/percentile": PercentileConfig,
+}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def privacy_problems(cfg: DictConfig) -> list[str]:
+    """Every cross-key problem of the `privacy` node, given the federation and strategy."""
+    privacy = OmegaConf.to_container(cfg.privacy, resolve=True)
+    mechanism = privacy.get("mechanism")
+    if mechanism not in MECHANISMS:
+        return [f"privacy.mechanism: '{mechanism}' is not a privacy mechanism (available: {', '.join(MECHANISMS)})"]
+    federation = cfg.federation
+    strategy = OmegaConf.to_container(cfg.strategy, resolve=True)
+    per_round = sites_per_round(strategy, federation.num_sites)
+    problems = list(_value_problems(privacy))
+    if federation.mode == "local":
+        if mechanism not in ("none", "dp_sgd"):
+            problems.append(
+                f"privacy.mechanism: {mechanism} protects what sites send to a server; a local run sends nothing "
+                "(use federation=simulation, or privacy=dp_sgd for a private local model)"
+            )
+        if privacy.get("secagg") is not None:
+            problems.append("privacy.secagg: secure aggregation needs a federation (federation=simulation)")
+    else:
+        problems += _delta_problems(privacy, federation.num_sites)
+        problems += _adaptive_problems(privacy, per_round)
+        if privacy.get("secagg") is not None:
+            problems += _secagg_problems(privacy, strategy, per_round)
+    if privacy.get("max_epsilon") is not None and mechanism not in DP:
+        problems.append(f"privacy.max_epsilon: {mechanism} is not differential privacy, so there is no epsilon to budget")
+    return problems
+
+
+_POSITIVE = (
+    "noise_multiplier", "clipping_norm", "initial_clipping_norm", "clip_norm_lr", "sensitivity",
+    "epsilon", "max_epsilon", "target_epsilon", "gamma",
+)
+
+
+def _value_problems(privacy: dict[str, Any]) -> Iterator[str]:
+    for key in _POSITIVE:
+        value = privacy.get(key)
+        if _is_number(value) and value <= 0:
+            yield f"privacy.{key}: must be positive, got {value}"
+    delta = privacy.get("delta")
+    if _is_number(delta) and not 0 < delta < 1:
+        yield f"privacy.delta: must be in (0, 1), got {delta}"
+    quantile = privacy.get("target_clipped_quantile")
+    if _is_number(quantile) and not 0 <= quantile <= 1:
+        yield f"privacy.target_clipped_quantile: must be in [0, 1], got {quantile}"
+    if _is_number(privacy.get("clipped_count_stddev")) and privacy["clipped_count_stddev"] < 0:
+        yield f"privacy.clipped_count_stddev: must be non-negative, got {privacy['clipped_count_stddev']}"
+    percentile = privacy.get("percentile")
+    if _is_number(percentile) and not 0 <= percentile < 100:
+        yield f"privacy.percentile: must be in [0, 100), got {percentile}"
+    if privacy["mechanism"] == "dp_sgd" and privacy.get("noise_multiplier") is None and privacy.get("target_epsilon") is None:
+        yield "privacy.noise_multiplier: null needs privacy.target_epsilon to derive the noise from"
+    if privacy["mechanism"] == "local_dp":
+        clip, sensitivity = privacy.get("clipping_norm"), privacy.get("sensitivity")
+        if _is_number(clip) and _is_number(sensitivity) and sensitivity < clip:
+            yield (
+                f"privacy.sensitivity: {sensitivity} is below privacy.clipping_norm ({clip}), the bound on an update's "
+                "L2 norm; the noise would not give the stated epsilon"
+            )
+
+
+def _delta_problems(privacy: dict[str, Any], num_sites: int) -> list[str]:
+    """Central DP protects whole sites: delta must be below 1/N for N sites."""
+    delta = privacy.get("delta")
+    if privacy["mechanism"] in CENTRAL_DP and _is_number(delta) and 0 < delta and delta >= 1 / num_sites:
+        return [f"privacy.delta: {delta} must be below 1/N = {1 / num_sites:.4g} for N = federation.num_sites ({num_sites})"]
+    return []
+
+
+def _adaptive_problems(privacy: dict[str, Any], per_round: int) -> list[str]:
+    """Flower splits the noise between the update and the clipped count; the split must exist."""
+    if "adaptive" not in privacy["mechanism"]:
+        return []
+    noise, stddev = privacy.get("noise_multiplier"), privacy.get("clipped_count_stddev")
+    if not _is_number(noise) or noise <= 0:
+        return []
+    effective = stddev if _is_number(stddev) else per_round / 20
+    if noise >= 2 * effective:
+        source = "privacy.clipped_count_stddev" if _is_number(stddev) else f"null (sites per round / 20 = {effective:g})"
+        return [
+            f"privacy.clipped_count_stddev: {source} is too small for privacy.noise_multiplier={noise}; "
+            f"adaptive clipping needs noise_multiplier < 2 x clipped_count_stddev"
+        ]
+    return []
+
+
+def _secagg_problems(privacy: dict[str, Any], strategy: dict[str, Any], per_round: int) -> list[str]:
+    secagg, problems = privacy["secagg"], []
+    if privacy["mechanism"].startswith("dp_server"):
+        problems.append(
+            f"privacy.mechanism: {privacy['mechanism']} clips each site's update on the server, which secure "
+            "aggregation hides; use dp_client_fixed or dp_client_adaptive with privacy.secagg"
+        )
+    kind = str(strategy.get("_target_", "")).rpartition(".")[2]
+    if kind not in MEAN_STRATEGIES:
+        problems.append(
+            f"strategy: {kind} needs each site's update, but secure aggregation only reveals their sum "
+            f"(use one of {', '.join(MEAN_STRATEGIES)})"
+        )
+    threshold, shares = secagg.get("reconstruction_threshold"), secagg.get("num_shares")
+    if per_round < 2:
+        problems.append(f"privacy.secagg: secure aggregation needs at least 2 sites per round, a round trains {per_round}")
+    if _is_number(threshold):
+        if threshold < 2:
+            problems.append(f"privacy.secagg.reconstruction_threshold: must be at least 2, got {threshold}")
+        elif threshold > per_round:
+            problems.append(
+                f"privacy.secagg.reconstruction_threshold: {threshold} is more than the {per_round} sites sampled per round"
+            )
+    if _is_number(shares):
+        if shares < 3:
+            problems.append(f"privacy.secagg.num_shares: must be at least 3 (or null for every sampled site), got {shares}")
+        elif shares > per_round:
+            problems.append(f"privacy.secagg.num_shares: {shares} is more than the {per_round} sites sampled per round")
+        elif _is_number(threshold) and threshold >= shares:
+            problems.append(f"privacy.secagg.reconstruction_threshold: {threshold} must be less than privacy.secagg.num_shares ({shares})")
+    for key in ("clipping_range", "max_weight"):
+        if _is_number(secagg.get(key)) and secagg[key] <= 0:
+            problems.append(f"privacy.secagg.{key}: must be positive, got {secagg[key]}")
+    quantization, modulus = secagg.get("quantization_range"), secagg.get("modulus_range")
+    if _is_number(quantization) and quantization <= 0:
+        problems.append(f"privacy.secagg.quantization_range: must be positive, got {quantization}")
+    if _is_number(modulus) and _is_number(quantization):
+        if modulus <= quantization or modulus & (modulus - 1):
+            problems.append(f"privacy.secagg.modulus_range: must be a power of 2 above quantization_range, got {modulus}")
+    return problems

@@ -1,0 +1,90 @@
+"""A site's own privacy policy, and the check that refuses a run weaker than it.
+
+A site reads its policy from its own settings (in simulation: `federation.sites` or
+`federation.sites_file`, stand-ins for each hospital's own config), never from the recipe.
+The check runs before the site touches its data, in the server's handshake and again in every
+round, and names each rule the run breaks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from flip.config.schema_privacy import CENTRAL_DP, SitePolicy
+from flip.errors import ConfigError, FlipError
+from flip.privacy.plan import PrivacyPlan
+
+
+class PolicyRefusal(FlipError):
+    """A site refuses a run its privacy policy does not allow."""
+
+
+def site_policy(settings: dict[str, Any], where: str) -> SitePolicy:
+    """The `policy` of a site's settings, checked against its schema."""
+    from flip.config.validate import check_node
+
+    raw = settings.get("policy") or {}
+    problems = check_node(raw, SitePolicy, f"{where}.policy")
+    if problems:
+        raise ConfigError(problems, source=where)
+    return SitePolicy(**raw)
+
+
+def policy_refusals(policy: SitePolicy, plan: PrivacyPlan, num_rounds: int) -> list[str]:
+    """Every policy rule the run would break, each naming the rule."""
+    mechanism, refusals = plan.mechanism, []
+    if policy.require_dp and not plan.is_dp:
+        refusals.append(f"policy.require_dp: this site requires differential privacy, the run uses {plan.describe()}")
+    if policy.require_secure_aggregation and plan.secagg is None:
+        refusals.append(f"policy.require_secure_aggregation: this site requires SecAgg+, the run uses {plan.describe()}")
+    if policy.allowed_mechanisms is not None and mechanism not in policy.allowed_mechanisms:
+        refusals.append(f"policy.allowed_mechanisms: {mechanism} is not one of {', '.join(policy.allowed_mechanisms)}")
+    if policy.min_noise_multiplier is not None:
+        noise = effective_noise_multiplier(plan)
+        if noise is None:
+            refusals.append(f"policy.min_noise_multiplier: {policy.min_noise_multiplier:g} required, the run adds no noise ({plan.describe()})")
+        elif noise < policy.min_noise_multiplier:
+            refusals.append(f"policy.min_noise_multiplier: {policy.min_noise_multiplier:g} required, the run's is {noise:.3g}")
+    if policy.max_epsilon is not None:
+        refusals += _epsilon_refusals(policy.max_epsilon, plan, num_rounds)
+    return refusals
+
+
+def effective_noise_multiplier(plan: PrivacyPlan) -> float | None:
+    from flip.privacy.accounting import local_dp_noise_multiplier
+
+    if plan.mechanism == "local_dp":
+        return local_dp_noise_multiplier(plan.settings)
+    if plan.mechanism in (*CENTRAL_DP, "dp_sgd"):
+        return plan.noise_multiplier  # dp_sgd with target_epsilon: null, checked against the budget instead
+    return None
+
+
+def _epsilon_refusals(limit: float, plan: PrivacyPlan, num_rounds: int) -> list[str]:
+    if not plan.is_dp:
+        return [f"policy.max_epsilon: this site allows epsilon {limit:g} at most, the run ({plan.describe()}) is not differential privacy"]
+    budget = plan.settings.get("max_epsilon")
+    if budget is not None and budget <= limit:
+        return []  # the run stops itself before it spends more
+    if plan.mechanism == "dp_sgd":
+        return []  # the site caps its own DP-SGD budget at `limit` (it depends on its sample count)
+    from flip.privacy.accounting import projected_run_epsilon
+
+    total = projected_run_epsilon(plan, num_rounds)
+    if total > limit:
+        return [
+            f"policy.max_epsilon: the run would spend epsilon {total:.3g} over {num_rounds} rounds, this site allows "
+            f"{limit:g} (set privacy.max_epsilon <= {limit:g}, or add noise)"
+        ]
+    return []
+
+
+def site_epsilon_cap(policy: SitePolicy, plan: PrivacyPlan) -> float | None:
+    """The budget a dp_sgd site holds its own training to: the run's or its policy's, the lower."""
+    caps = [c for c in (plan.settings.get("max_epsilon"), policy.max_epsilon) if c is not None]
+    return min(caps) if caps else None
+
+
+def as_dict(policy: SitePolicy) -> dict[str, Any]:
+    return dataclasses.asdict(policy)
