@@ -25,6 +25,8 @@ SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.csv"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 RUN_COLUMNS = ("status", "mode", "rounds", "wall_time_s")
+# Shown when any run used a privacy mechanism: which one, and the epsilon it spent (if DP).
+PRIVACY_COLUMNS = ("privacy", "epsilon")
 # Site names whose rows already hold the global value, most preferred first.
 GLOBAL_SITES = ("federated", "server")
 
@@ -126,13 +128,20 @@ def differing_keys(overrides: list[dict[str, str]]) -> list[str]:
     return [key for key in keys if len({run.get(key) for run in overrides}) > 1]
 
 
+def _private(summary: dict[str, Any]) -> bool:
+    privacy = summary.get("privacy") or {}
+    return privacy.get("mechanism", "none") != "none" or bool(privacy.get("secure_aggregation"))
+
+
 def _columns(runs: list[_Run], varying: list[str]) -> list[str]:
     finals = sorted({key for run in runs for key in run.summary.get("metrics") or {}})
     bests = sorted({key for run in runs for key in run.summary.get("best_metrics") or {}})
+    privacy = PRIVACY_COLUMNS if any(_private(run.summary) for run in runs) else ()
     return [
         "run",
         *varying,
         *RUN_COLUMNS,
+        *privacy,
         *(f"final:{key}" for key in finals),
         *(f"best:{key}" for key in bests),
         "model_sha256",
@@ -144,6 +153,10 @@ def _row(run: _Run, varying: list[str], out_dir: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"run": _relative(run.path, out_dir)}
     row.update({key: run.overrides.get(key, "") for key in varying})
     row.update({key: summary.get(key) for key in RUN_COLUMNS})
+    privacy = summary.get("privacy") or {}
+    mechanism = privacy.get("mechanism", "none")
+    row["privacy"] = mechanism + (" + SecAgg+" if privacy.get("secure_aggregation") else "")
+    row["epsilon"] = privacy.get("epsilon")
     row.update({f"final:{key}": value for key, value in (summary.get("metrics") or {}).items()})
     row.update({f"best:{key}": value for key, value in (summary.get("best_metrics") or {}).items()})
     row["model_sha256"] = (summary.get("model_sha256") or "")[:12]
@@ -168,7 +181,7 @@ def format_cell(value: Any) -> str:
 
 def _write_csv(report: Report) -> None:
     with report.csv_path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=report.columns, restval="")
+        writer = csv.DictWriter(handle, fieldnames=report.columns, restval="", extrasaction="ignore")
         writer.writeheader()
         for row in report.runs:
             writer.writerow({key: "" if value is None else value for key, value in row.items()})

@@ -185,3 +185,19 @@ def test_unreadable_summary_is_named_in_the_error(sweep: Path) -> None:
     broken.write_text("{not json", encoding="utf-8")
     with pytest.raises(FlipError, match=r"1_seed=2,strategy=fedavg.summary\.json"):
         build_report([sweep])
+
+
+def test_private_runs_show_their_mechanism_and_epsilon(sweep: Path) -> None:
+    private = sweep / "0_seed=1,strategy=fedavg" / "summary.json"
+    summary = json.loads(private.read_text())
+    summary["privacy"] = {"mechanism": "dp_client_fixed", "secure_aggregation": True, "is_dp": True, "epsilon": 3.25, "delta": 1e-5}
+    private.write_text(json.dumps(summary))
+    report = build_report([sweep])
+    assert report.columns[7:9] == ["privacy", "epsilon"]
+    rows = read_report_csv(sweep / "report.csv")
+    assert (rows[0]["privacy"], rows[0]["epsilon"]) == ("dp_client_fixed + SecAgg+", "3.25")
+    assert (rows[1]["privacy"], rows[1]["epsilon"]) == ("none", "")
+
+
+def test_reports_without_private_runs_have_no_privacy_columns(sweep: Path) -> None:
+    assert "epsilon" not in build_report([sweep]).columns

@@ -174,6 +174,8 @@ def privacy_problems(cfg: DictConfig) -> list[str]:
         problems += _adaptive_problems(privacy, per_round)
         if privacy.get("secagg") is not None:
             problems += _secagg_problems(privacy, strategy, per_round)
+    if mechanism == "dp_sgd":
+        problems += _dp_sgd_problems(cfg, strategy)
     if privacy.get("max_epsilon") is not None and mechanism not in DP:
         problems.append(f"privacy.max_epsilon: {mechanism} is not differential privacy, so there is no epsilon to budget")
     return problems
@@ -201,8 +203,12 @@ def _value_problems(privacy: dict[str, Any]) -> Iterator[str]:
     percentile = privacy.get("percentile")
     if _is_number(percentile) and not 0 <= percentile < 100:
         yield f"privacy.percentile: must be in [0, 100), got {percentile}"
-    if privacy["mechanism"] == "dp_sgd" and privacy.get("noise_multiplier") is None and privacy.get("target_epsilon") is None:
-        yield "privacy.noise_multiplier: null needs privacy.target_epsilon to derive the noise from"
+    if privacy["mechanism"] == "dp_sgd":
+        noise, target = privacy.get("noise_multiplier"), privacy.get("target_epsilon")
+        if noise is None and target is None:
+            yield "privacy.noise_multiplier: null needs privacy.target_epsilon to derive the noise from"
+        elif noise is not None and target is not None:
+            yield "privacy.target_epsilon: set privacy.noise_multiplier=null to derive the noise from the target"
     if privacy["mechanism"] == "local_dp":
         clip, sensitivity = privacy.get("clipping_norm"), privacy.get("sensitivity")
         if _is_number(clip) and _is_number(sensitivity) and sensitivity < clip:
@@ -210,6 +216,21 @@ def _value_problems(privacy: dict[str, Any]) -> Iterator[str]:
                 f"privacy.sensitivity: {sensitivity} is below privacy.clipping_norm ({clip}), the bound on an update's "
                 "L2 norm; the noise would not give the stated epsilon"
             )
+
+
+def _dp_sgd_problems(cfg: DictConfig, strategy: dict[str, Any]) -> list[str]:
+    """DP-SGD's optimizer replaces each gradient with its clipped, noised sum: nothing may edit it."""
+    problems = []
+    if cfg.federation.mode != "local" and _is_number(strategy.get("proximal_mu")) and strategy["proximal_mu"] > 0:
+        problems.append(
+            "strategy.proximal_mu: FedProx's proximal term would be dropped by DP-SGD's optimizer "
+            "(privacy=dp_sgd); set it to 0 or use strategy=fedavg"
+        )
+    if cfg.trainer.get("gradient_clip_val") is not None:
+        problems.append(
+            "trainer.gradient_clip_val: DP-SGD clips each sample's gradient itself (privacy.clipping_norm); set it to null"
+        )
+    return problems
 
 
 def _delta_problems(privacy: dict[str, Any], num_sites: int) -> list[str]:

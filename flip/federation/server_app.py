@@ -29,13 +29,6 @@ class ServerOutcome:
     stop_reason: str | None = None
 
 
-def site_error(reason: str) -> str:
-    """A site's own message from the error Flower wraps a ClientApp's exception in."""
-    summary = error_summary(reason, lines=1)
-    _, found, message = summary.partition("Message: ")
-    return message.rstrip("'>") if found else summary
-
-
 def map_sites(grid: Grid, num_sites: int, timeout: float, shipped: dict[str, str]) -> dict[int, int]:
     """Wait for `num_sites` nodes, then ask each which site it serves: node id -> site index.
 
@@ -53,7 +46,7 @@ def map_sites(grid: Grid, num_sites: int, timeout: float, shipped: dict[str, str
     mapping, problems = {}, []
     for reply in grid.send_and_receive(queries, timeout=timeout):
         if reply.has_error():
-            problems.append(site_error(reply.error.reason))
+            problems.append(error_summary(reply.error.reason, lines=1))
         else:
             mapping[reply.metadata.src_node_id] = int(reply.content["site"]["partition-id"])
     if problems or sorted(mapping.values()) != list(range(num_sites)):

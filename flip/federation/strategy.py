@@ -63,8 +63,12 @@ def seeded_numpy(seed: str) -> Iterator[None]:
 
 
 def error_summary(reason: str, lines: int = 3) -> str:
-    """The last lines of a remote traceback, without terminal colours."""
+    """A site's own error message if Flower wrapped one, else the last lines of the remote traceback."""
     text = [line.rstrip() for line in _ANSI.sub("", reason).splitlines() if line.strip()]
+    for line in reversed(text):
+        _, wrapped, message = line.partition("Exception ClientAppException occurred. Message: ")
+        if wrapped and message.strip("'> "):
+            return message.rstrip("'> ")
     return " | ".join(line.strip() for line in text[-lines:]) or "unknown error"
 
 
