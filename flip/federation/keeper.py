@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -91,6 +92,7 @@ class RoundKeeper:
     last_state: dict[str, torch.Tensor] | None = None
     last_round: int = 0
     _task: Any = None
+    _round_started: float = field(default_factory=time.perf_counter)
 
     def name(self, site: int) -> str:
         report = self.sites.get(site)
@@ -146,6 +148,9 @@ class RoundKeeper:
     # -- end of round (Flower's evaluate_fn slot: called after round 0 and after every round)
 
     def end_round(self, server_round: int, arrays: ArrayRecord) -> None:
+        now = time.perf_counter()
+        if server_round > 0:  # training, aggregation and site evaluation of the round
+            self.table.add(server_round, SERVER, "time", "round_s", now - self._round_started)
         state = arrays.to_torch_state_dict()
         self.last_state, self.last_round = state, server_round
         if self.server_evaluate is not None:
@@ -153,6 +158,7 @@ class RoundKeeper:
                 split, _, metric = key.partition("/")
                 self.table.add(server_round, SERVER, split, metric, value)
         if server_round == 0:
+            self._round_started = time.perf_counter()
             return
         path = self.checkpoints / f"round_{server_round}.ckpt"
         save_weights_checkpoint(self.model, state, path, server_round)
@@ -161,6 +167,7 @@ class RoundKeeper:
             self.best_round, self.best_value = server_round, value
             shutil.copyfile(path, self.checkpoints / "best.ckpt")
         self._advance(server_round, value)
+        self._round_started = time.perf_counter()
 
     def monitored(self, server_round: int) -> float | None:
         """The monitored metric of a round: the federated aggregate, else the server's own."""

@@ -19,14 +19,20 @@ def timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:
     return time.perf_counter() - started
 
 
-def alternate(flip: Side, plain: Side, cwd: Path, repeats: int) -> tuple[float, float]:
-    """One warm-up of each (file and import caches), then `repeats` alternating pairs: the medians."""
+def alternate(
+    flip: Side, plain: Side, cwd: Path, repeats: int, cwds: tuple[Path, Path] | None = None
+) -> tuple[float, float]:
+    """One warm-up of each (file and import caches), then `repeats` alternating pairs: the medians.
+
+    `cwds` runs each side in its own folder (e.g. to read each side's run directories after).
+    """
     (flip_command, flip_env), (plain_command, plain_env) = flip, plain
-    timed(flip_command, cwd, flip_env)
-    timed(plain_command, cwd, plain_env)
+    flip_cwd, plain_cwd = cwds or (cwd, cwd)
+    timed(flip_command, flip_cwd, flip_env)
+    timed(plain_command, plain_cwd, plain_env)
     flip_times, plain_times = [], []
     for _ in range(repeats):
-        flip_times.append(timed(flip_command, cwd, flip_env))
-        plain_times.append(timed(plain_command, cwd, plain_env))
+        flip_times.append(timed(flip_command, flip_cwd, flip_env))
+        plain_times.append(timed(plain_command, plain_cwd, plain_env))
         print(f"flip {flip_times[-1]:.2f}s  plain {plain_times[-1]:.2f}s", flush=True)
     return statistics.median(flip_times), statistics.median(plain_times)

@@ -40,6 +40,8 @@ def test_two_sites_two_rounds_fill_the_run_directory(tmp_path):
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert {row["site"] for row in rows} == {"site-1", "site-2", "federated", "server"}
     assert {row["round"] for row in rows if row["site"] == "federated"} == {"1", "2"}
+    round_times = {row["round"]: float(row["value"]) for row in rows if row["split"] == "time"}
+    assert set(round_times) == {"1", "2"} and all(t > 0 for t in round_times.values())
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "completed" and set(manifest["data"]) == {"site-1", "site-2"}
     assert (run / ".hydra" / "config.yaml").is_file()
