@@ -6,6 +6,8 @@ each. Each run's metrics.csv holds every round's wall time (train, SecAgg+'s fou
 aggregation, evaluation); the medians of those are compared, and so are the whole runs' wall
 times (start-up included). Prints both, the round ratio last as `secagg_time_ratio=<secagg/none>`.
 Usage: python tests/benchmarks/secagg_cost.py [REPEATS]
+"""
+
 from __future__ import annotations
 
 import csv
