@@ -112,10 +112,13 @@ def test_ctrl_c_stops_the_simulation_cleanly(tmp_path):
     assert "flip: interrupted" in output
     (manifest,) = (tmp_path / "runs").rglob("manifest.json")
     assert json.loads(manifest.read_text())["status"] == "interrupted"
-    time.sleep(2)
-    try:
-        os.killpg(process.pid, 0)  # anything left of the run's process group (Ray workers included)?
-        leftover = True
-    except ProcessLookupError:
-        leftover = False
-    assert not leftover, "processes of the interrupted run are still alive"
+    # Anything left of the run's process group (Ray workers included)? They get a while to exit
+    # on a busy machine, but must go by themselves.
+    leftover, deadline = True, time.monotonic() + 30
+    while leftover and time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+            time.sleep(0.5)
+        except ProcessLookupError:
+            leftover = False
+    assert not leftover, "processes of the interrupted run are still alive 30 s after it stopped"
