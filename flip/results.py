@@ -8,10 +8,12 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
 from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:  # torch loads on first use: the simulation driver starts Flower before it
+    import torch
 
 METRICS_COLUMNS = ("round", "site", "split", "metric", "value")
 
@@ -26,6 +28,8 @@ def config_sha256(cfg: DictConfig) -> str:
 
 def model_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
     """sha256 over every tensor's name, dtype, shape and bytes, in sorted key order."""
+    import torch
+
     digest = hashlib.sha256()
     for name in sorted(state_dict):
         tensor = state_dict[name].detach().cpu().contiguous()

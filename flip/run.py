@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 def _local(cfg: DictConfig, run_dir: Path) -> ModeResult:
     from flip.local import run_local
+    from flip.training import configure_torch
+
+    configure_torch(cfg)
 
     return run_local(cfg, run_dir)
 
@@ -51,8 +54,6 @@ def check_config(cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig, run_dir: Path, recipe: Path | None = None) -> RunResult:
     """Run the experiment `cfg` describes and fill `run_dir`; same layout for every mode."""
-    from flip.training import configure_torch
-
     check_config(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     mode = cfg.federation.mode
@@ -60,7 +61,6 @@ def run(cfg: DictConfig, run_dir: Path, recipe: Path | None = None) -> RunResult
     manifest = start_manifest(recipe=recipe, config_sha256=digest, seed=cfg.seed, mode=mode)
     manifest["status"] = "running"
     write_json(run_dir / "manifest.json", manifest)
-    configure_torch(cfg)
     started = time.perf_counter()
     try:
         result = RUNNERS[mode](cfg, run_dir)

@@ -1,11 +1,17 @@
-"""flip's Flower ClientApp: checks the config and the site's own policy, then calls the plain site functions."""
+"""flip's Flower ClientApp: checks the config and the site's own policy, then calls the plain site functions.
+
+The module itself loads no torch or Lightning: the simulation driver imports it before Flower
+starts, and a deployment's `flwr-clientapp` process pays for the training code only when a
+message needs it. The handshake loads it, so a site that cannot fails before round 1.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.client.mod.utils import make_ffn
 from flwr.clientapp import ClientApp
@@ -14,12 +20,14 @@ from omegaconf import DictConfig
 from flip.config.schema_privacy import SitePolicy
 from flip.federation.keeper import site_record
 from flip.federation.shipping import unpack_config
-from flip.federation.site import SiteReply, evaluate_round, site_datamodule, train_round
 from flip.federation.site_config import site_key, site_settings
 from flip.federation.strategy import WITHHELD
 from flip.privacy.plan import PrivacyPlan
 from flip.privacy.policy import PolicyRefusal, policy_refusals, site_epsilon_cap, site_policy
 from flip.privacy.secagg import is_secagg_message, secagg_train
+
+if TYPE_CHECKING:
+    from flip.federation.site import SiteReply
 
 CONFIG_KEY = "flip-config"
 DIGEST_KEY = "flip-config-sha256"
@@ -44,9 +52,18 @@ def site_index(context: Context) -> int:
 
 def received_config(message: Message) -> DictConfig:
     config = message.content["config"]
-    cfg = unpack_config(str(config[CONFIG_KEY]), str(config[DIGEST_KEY]))
+    return unpack_config(str(config[CONFIG_KEY]), str(config[DIGEST_KEY]))
+
+
+def site_code(cfg: DictConfig) -> ModuleType:
+    """flip's site functions (`flip.federation.site`), loaded on first use, with torch held to
+    this site's CPU share (oversubscribed threads make every step slower)."""
+    import torch
+
+    from flip.federation import site
+
     torch.set_num_threads(max(1, int(cfg.federation.cpus_per_site)))
-    return cfg
+    return site
 
 
 def accepted_run(message: Message, context: Context) -> AcceptedRun:
@@ -86,8 +103,11 @@ def _small_splits(run: AcceptedRun, splits: dict[str, int]) -> str | None:
 
 @app.query()
 def identify(message: Message, context: Context) -> Message:
-    """The server's handshake: which site is this node, and does it accept the run?"""
-    accepted_run(message, context)
+    """The server's handshake: which site is this node, and does it accept the run?
+
+    The site also loads its training code now, while the server prepares its own side.
+    """
+    site_code(accepted_run(message, context).cfg)
     return Message(RecordDict({"site": ConfigRecord({"partition-id": site_index(context)})}), reply_to=message)
 
 
@@ -101,7 +121,7 @@ def train(message: Message, context: Context) -> Message:
 def _private_train(message: Message, context: Context) -> Message:
     """The privacy plan's client mods around the site's training."""
     run = accepted_run(message, context)
-    n_train = site_datamodule(run.cfg, run.index).split_sizes[0]
+    n_train = site_code(run.cfg).site_datamodule(run.cfg, run.index).split_sizes[0]
     if reason := _small_splits(run, {"train": n_train}):
         return _withheld(message, reason)
     return make_ffn(partial(_train, run=run), run.plan.train_mods())(message, context)
@@ -109,7 +129,7 @@ def _private_train(message: Message, context: Context) -> Message:
 
 def _train(message: Message, context: Context, run: AcceptedRun) -> Message:
     config = message.content["config"]
-    reply = train_round(
+    reply = site_code(run.cfg).train_round(
         run.cfg,
         run.index,
         message.content["arrays"].to_torch_state_dict(),
@@ -124,8 +144,9 @@ def _train(message: Message, context: Context, run: AcceptedRun) -> Message:
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
     run = accepted_run(message, context)
-    _, n_val, n_test = site_datamodule(run.cfg, run.index).split_sizes
+    site = site_code(run.cfg)
+    _, n_val, n_test = site.site_datamodule(run.cfg, run.index).split_sizes
     if reason := _small_splits(run, {"val": n_val, "test": n_test}):
         return _withheld(message, reason)
-    reply = evaluate_round(run.cfg, run.index, message.content["arrays"].to_torch_state_dict())
+    reply = site.evaluate_round(run.cfg, run.index, message.content["arrays"].to_torch_state_dict())
     return _reply(message, reply, run, {})

@@ -7,16 +7,18 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import lightning as L
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from rich.progress import Progress
 
 from flip.privacy.accounting import PrivacyLedger
 from flip.results import MetricsTable
 from flip.run_types import SiteReport
+
+if TYPE_CHECKING:  # both load on first use: the simulation driver starts Flower before them
+    import lightning as L
+    import torch
 
 log = logging.getLogger(__name__)
 FEDERATED = "federated"
@@ -58,6 +60,9 @@ def site_record(report: SiteReport, min_cohort: int = 1) -> ConfigRecord:
 
 def save_weights_checkpoint(model: L.LightningModule, state: dict[str, torch.Tensor], path: Path, round_: int) -> None:
     """A checkpoint `Model.load_from_checkpoint` reads: weights plus the model's hyperparameters."""
+    import lightning as L
+    import torch
+
     torch.save(
         {
             "state_dict": state,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
@@ -24,37 +25,65 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ServerOutcome:
+    keeper: RoundKeeper | None = None
     result: Result | None = None
     # Why the run ended before its last round (the privacy budget), if it did.
     stop_reason: str | None = None
 
 
-def map_sites(grid: Grid, num_sites: int, timeout: float, shipped: dict[str, str]) -> dict[int, int]:
-    """Wait for `num_sites` nodes, then ask each which site it serves: node id -> site index.
+@dataclass
+class Handshake:
+    """The server's question to every site: which site is this node, and does it accept the run?
 
-    The question carries the config, so a site checks it, and its own policy, before any round.
+    `announce` sends it and returns at once, so the sites check the config and their policy, and
+    load their training code, while the server prepares its own side; `sites` collects the answers.
     """
-    deadline = time.monotonic() + timeout
-    while len(nodes := sorted(grid.get_node_ids())) < num_sites:
-        if time.monotonic() > deadline:
-            raise FlipError(f"only {len(nodes)} of {num_sites} sites connected within {timeout:.0f} s")
-        time.sleep(0.1)
-    queries = [
-        Message(RecordDict({"config": ConfigRecord(dict(shipped))}), dst_node_id=node, message_type=MessageType.QUERY)
-        for node in nodes
-    ]
-    mapping, problems = {}, []
-    for reply in grid.send_and_receive(queries, timeout=timeout):
-        if reply.has_error():
-            problems.append(error_summary(reply.error.reason, lines=1))
-        else:
-            mapping[reply.metadata.src_node_id] = int(reply.content["site"]["partition-id"])
-    if problems or sorted(mapping.values()) != list(range(num_sites)):
-        raise FlipError(f"site handshake failed: got sites {sorted(mapping.values())} of {num_sites}; {'; '.join(problems)}")
-    return mapping
+
+    grid: Grid
+    num_sites: int
+    deadline: float
+    pending: set[str]
+
+    @classmethod
+    def announce(cls, grid: Grid, num_sites: int, timeout: float, shipped: dict[str, str]) -> Handshake:
+        """Wait for `num_sites` nodes, then send each the question, which carries the config."""
+        deadline = time.monotonic() + timeout
+        while len(nodes := sorted(grid.get_node_ids())) < num_sites:
+            if time.monotonic() > deadline:
+                raise FlipError(f"only {len(nodes)} of {num_sites} sites connected within {timeout:.0f} s")
+            time.sleep(0.1)
+        queries = [
+            Message(RecordDict({"config": ConfigRecord(dict(shipped))}), dst_node_id=node, message_type=MessageType.QUERY)
+            for node in nodes
+        ]
+        return cls(grid, num_sites, deadline, set(grid.push_messages(queries)))
+
+    def sites(self) -> dict[int, int]:
+        """node id -> site index, once every site answered; a clear error if any refused or stayed silent."""
+        replies: list[Message] = []
+        while True:  # pulls at least once: the answers may all be in by now
+            arrived = list(self.grid.pull_messages(self.pending))
+            replies += arrived
+            self.pending -= {reply.metadata.reply_to_message_id for reply in arrived}
+            if not self.pending or time.monotonic() > self.deadline:
+                break
+            time.sleep(0.05)
+        mapping, problems = {}, []
+        for reply in replies:
+            if reply.has_error():
+                problems.append(error_summary(reply.error.reason, lines=1))
+            else:
+                mapping[reply.metadata.src_node_id] = int(reply.content["site"]["partition-id"])
+        if problems or sorted(mapping.values()) != list(range(self.num_sites)):
+            raise FlipError(
+                f"site handshake failed: got sites {sorted(mapping.values())} of {self.num_sites}; {'; '.join(problems)}"
+            )
+        return mapping
 
 
-def build_server_app(cfg: DictConfig, keeper: RoundKeeper, outcome: ServerOutcome) -> ServerApp:
+def build_server_app(cfg: DictConfig, prepare: Callable[[], RoundKeeper], outcome: ServerOutcome) -> ServerApp:
+    """The ServerApp of a run; `prepare` builds the server's own side (model, data, records)
+    while the sites answer the handshake."""
     app = ServerApp()
     federation = cfg.federation
 
@@ -62,7 +91,9 @@ def build_server_app(cfg: DictConfig, keeper: RoundKeeper, outcome: ServerOutcom
     def main(grid: Grid, context: Context) -> None:
         text, digest = pack_config(cfg)
         shipped = {CONFIG_KEY: text, DIGEST_KEY: digest}
-        node_to_site = map_sites(grid, federation.num_sites, federation.round_timeout, shipped)
+        handshake = Handshake.announce(grid, federation.num_sites, federation.round_timeout, shipped)
+        outcome.keeper = keeper = prepare()
+        node_to_site = handshake.sites()
         plan = PrivacyPlan.from_config(cfg)
         settings = FlipSettings(cfg.seed, federation.min_successful_sites, keeper)
         weighting = {"weighted_by_key": UNIFORM_WEIGHT} if plan.uniform_weights else {}

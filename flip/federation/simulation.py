@@ -10,6 +10,7 @@ import logging
 import os
 import tempfile
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
@@ -23,7 +24,6 @@ from flip.privacy.accounting import PrivacyLedger
 from flip.privacy.plan import PrivacyPlan
 from flip.results import model_sha256
 from flip.run_types import ModeResult
-from flip.training import build_datamodule, build_model
 
 log = logging.getLogger(__name__)
 _FLOWER_ENV = {
@@ -90,6 +90,30 @@ def _server_evaluator(cfg: DictConfig):
     return lambda state: evaluate_model(cfg, server_datamodule(cfg), state)
 
 
+def _server_side(cfg: DictConfig, checkpoints: Path, progress: Progress | None) -> RoundKeeper:
+    """The server's own start-up: torch, the initial model, its records and shared inputs.
+
+    It runs in the ServerApp while the sites start theirs (Ray, site processes, their imports),
+    which is why nothing above this function loads torch or Lightning.
+    """
+    from flip.training import build_datamodule, build_model, configure_torch
+
+    configure_torch(cfg)
+    keeper = RoundKeeper(
+        model=build_model(cfg),
+        checkpoints=checkpoints,
+        monitor=cfg.monitor,
+        monitor_mode=cfg.monitor_mode.name,
+        num_rounds=cfg.federation.num_rounds,
+        server_evaluate=_server_evaluator(cfg),
+        progress=progress,
+        ledger=PrivacyLedger(PrivacyPlan.from_config(cfg)),
+    )
+    # Generate or fetch shared inputs once, here, before the sites' first round reads them.
+    build_datamodule(cfg).prepare_data()
+    return keeper
+
+
 def run_simulation_mode(cfg: DictConfig, run_dir: Path) -> ModeResult:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # Flower's state database logs its set-up
     from flwr.simulation import run_simulation
@@ -100,33 +124,23 @@ def run_simulation_mode(cfg: DictConfig, run_dir: Path) -> ModeResult:
     federation = cfg.federation
     checkpoints = run_dir / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
-    model = build_model(cfg)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console)
-    keeper = RoundKeeper(
-        model=model,
-        checkpoints=checkpoints,
-        monitor=cfg.monitor,
-        monitor_mode=cfg.monitor_mode.name,
-        num_rounds=federation.num_rounds,
-        server_evaluate=_server_evaluator(cfg),
-        progress=progress if cfg.trainer.enable_progress_bar else None,
-        ledger=PrivacyLedger(PrivacyPlan.from_config(cfg)),
-    )
-    # Generate or fetch shared inputs once, here, before site processes race to do it.
-    build_datamodule(cfg).prepare_data()
+    shown = progress if cfg.trainer.enable_progress_bar else None
     outcome = ServerOutcome()
     log.info("simulating %d sites for %d rounds with %s", federation.num_sites, federation.num_rounds, cfg.strategy._target_)
     with flower_sandbox() as scratch, progress:
         run_simulation(
-            server_app=build_server_app(cfg, keeper, outcome),
+            server_app=build_server_app(cfg, partial(_server_side, cfg, checkpoints, shown), outcome),
             client_app=client_app,
             num_supernodes=federation.num_sites,
             backend_config=backend_config(cfg, scratch),
         )
-    if keeper.last_state is None or keeper.last_round == 0:
+    keeper = outcome.keeper
+    if keeper is None or keeper.last_state is None or keeper.last_round == 0:
         reason = outcome.stop_reason or "no round was aggregated (see the run log)"
         raise FlipError(f"the federation produced no model: {reason}")
     # The latest global model: the last round's, or the one before a round the budget forbade.
+    model = keeper.model
     model.load_state_dict(keeper.last_state)
     save_weights_checkpoint(model, model.state_dict(), checkpoints / "final.ckpt", keeper.last_round)
     result = _mode_result(keeper, keeper.last_round, model_sha256(model.state_dict()))

@@ -1,12 +1,16 @@
-"""flip run in simulation mode vs a hand-written Flower app (plain_flower_app.py): FedAvg, 4 sites x 3 rounds.
+"""flip run in simulation mode vs hand-written Flower apps (plain_flower_app.py): FedAvg, 4 sites x 3 rounds.
 
 Same model (flip's small CNN), same synthetic DICOM data (site-1..site-4), one local epoch per
 round at the same batch size and learning rate, every site evaluating the global model on its val
 and test split each round, and the same Ray resources (1 CPU per client, 2 in all). The batch size,
-image size and learning rate the plain app gets are read from `flip show` of the flip command, so
-both sides stay matched. Both run as fresh processes (start-up included), alternating, after one
-untimed warm-up of each; the ratio of the median wall times is printed last as
-`fl_overhead_ratio=<flip/plain>` (target <= 1.10).
+image size and learning rate the plain apps get are read from `flip show` of the flip command, so
+every side stays matched. Two hand-written apps: one whose sites train with Lightning, as flip's
+do (its figure is flip's own overhead: config validation, Hydra, the site handshake, run
+directory, checkpoints, metrics), and one with a bare torch loop (which also counts the cost of
+loading Lightning and torchmetrics, about 2 s a process here). All run as fresh processes
+(start-up included), in turn, after one untimed warm-up of each. Prints the medians,
+`fl_overhead_vs_torch_ratio=<flip/bare torch app>` and last
+`fl_overhead_ratio=<flip/Lightning app>` (target <= 1.10).
 Usage: python tests/benchmarks/fl_overhead.py [REPEATS]
 """
 
@@ -20,7 +24,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from side_by_side import alternate
+from side_by_side import alternate_sides
 
 from flip.data.synthetic import ensure_synthetic_dicom
 
@@ -54,15 +58,19 @@ def main() -> None:
         cfg = OmegaConf.create(run([*flip, "show", *FLIP_ARGS], work, env))
         assert cfg.federation.mode == "simulation" and cfg.strategy._target_.endswith(".FedAvg"), cfg
         assert cfg.data.image_size == cfg.data.synthetic.image_size and cfg.partition.kind == "by_site", cfg
-        flip_command = [*flip, "run", *FLIP_ARGS]
-        plain_command = [
+        plain = [
             sys.executable, str(PLAIN), str(root), str(SITES), str(ROUNDS), "1",
             str(cfg.data.image_size), str(cfg.data.batch_size), str(cfg.model.optimizer.lr), str(SEED),
         ]
-        flip_median, plain_median = alternate((flip_command, env), (plain_command, plain_env), work, repeats)
-    print(f"flip_fl_s={flip_median:.2f}")
-    print(f"plain_flower_s={plain_median:.2f}")
-    print(f"fl_overhead_ratio={flip_median / plain_median:.3f}")
+        medians = alternate_sides({
+            "flip": ([*flip, "run", *FLIP_ARGS], env),
+            "lightning_app": ([*plain, "lightning"], plain_env),
+            "torch_app": ([*plain, "torch"], plain_env),
+        }, work, repeats)
+    for name, median in medians.items():
+        print(f"{name}_s={median:.2f}")
+    print(f"fl_overhead_vs_torch_ratio={medians['flip'] / medians['torch_app']:.3f}")
+    print(f"fl_overhead_ratio={medians['flip'] / medians['lightning_app']:.3f}")
 
 
 if __name__ == "__main__":

@@ -26,13 +26,18 @@ def alternate(
 
     `cwds` runs each side in its own folder (e.g. to read each side's run directories after).
     """
-    (flip_command, flip_env), (plain_command, plain_env) = flip, plain
-    flip_cwd, plain_cwd = cwds or (cwd, cwd)
-    timed(flip_command, flip_cwd, flip_env)
-    timed(plain_command, plain_cwd, plain_env)
-    flip_times, plain_times = [], []
+    medians = alternate_sides({"flip": flip, "plain": plain}, cwd, repeats, dict(zip(("flip", "plain"), cwds or (cwd, cwd))))
+    return medians["flip"], medians["plain"]
+
+
+def alternate_sides(sides: dict[str, Side], cwd: Path, repeats: int, cwds: dict[str, Path] | None = None) -> dict[str, float]:
+    """As `alternate`, for any number of named sides, run in turn: the median of each."""
+    cwds = cwds or {}
+    for name, (command, env) in sides.items():
+        timed(command, cwds.get(name, cwd), env)
+    times: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(repeats):
-        flip_times.append(timed(flip_command, flip_cwd, flip_env))
-        plain_times.append(timed(plain_command, plain_cwd, plain_env))
-        print(f"flip {flip_times[-1]:.2f}s  plain {plain_times[-1]:.2f}s", flush=True)
-    return statistics.median(flip_times), statistics.median(plain_times)
+        for name, (command, env) in sides.items():
+            times[name].append(timed(command, cwds.get(name, cwd), env))
+        print("  ".join(f"{name} {values[-1]:.2f}s" for name, values in times.items()), flush=True)
+    return {name: statistics.median(values) for name, values in times.items()}
