@@ -25,9 +25,9 @@ from pydicom.multival import MultiValue
 from flip.data.dicom_labels import attribute_tag, attribute_text
 from flip.data.dicom_pixels import PixelError, describe, load_frames, transfer_syntax, transfer_syntax_name
 
-# Threads that hash, parse and decode files; the GIL-free parts (I/O, sha256, decoders, tensor
-# work) overlap, pydicom's parsing does not.
-READ_THREADS = max(1, min(4, os.cpu_count() or 1))
+# Files read and hashed ahead of the parsing thread: enough to ride out a slow read, few enough
+# that large files do not pile up in memory.
+READ_AHEAD = 4
 T = TypeVar("T")
 R = TypeVar("R")
 SIDECARS = (".csv", ".json", ".ndjson", ".ndjson.gz", ".txt", ".md")
@@ -172,8 +172,8 @@ def not_dicom_reason(data: bytes) -> str:
     return RAW_DATASET if is_raw else "not a DICOM file"
 
 
-def prefetch(function: Callable[[T], R], inputs: Sequence[T], threads: int) -> Iterator[R | OSError]:
-    """`function` over `inputs`, in order, on `threads` helper threads, a few inputs ahead of the
+def prefetch(function: Callable[[T], R], inputs: Sequence[T], ahead: int = READ_AHEAD) -> Iterator[R | OSError]:
+    """`function` over `inputs`, in order, on one helper thread at most `ahead` inputs ahead of the
     consumer (bounded, so a large site is never held in memory); an OSError is yielded in place
     of its result."""
 
@@ -183,11 +183,7 @@ def prefetch(function: Callable[[T], R], inputs: Sequence[T], threads: int) -> I
         except OSError as error:
             return error
 
-    if threads <= 1:
-        yield from (guarded(value) for value in inputs)
-        return
-    ahead = 2 * threads
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="flip-dicom") as pool:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="flip-dicom") as pool:
         pending: deque[Future] = deque(pool.submit(guarded, value) for value in inputs[:ahead])
         for value in inputs[ahead:]:
             result = pending.popleft().result()
@@ -195,5 +191,3 @@ def prefetch(function: Callable[[T], R], inputs: Sequence[T], threads: int) -> I
             yield result
         while pending:
             yield pending.popleft().result()
-
-
