@@ -23,7 +23,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 from flip.data.dicom_labels import attribute_tag, attribute_text
-from flip.data.dicom_pixels import PixelError, describe, load_frames, transfer_syntax, transfer_syntax_name
+from flip.data.dicom_pixels import PixelError, describe, load_frames, raw_text, transfer_syntax, transfer_syntax_name
 
 # Files read and hashed ahead of the parsing thread: enough to ride out a slow read, few enough
 # that large files do not pile up in memory.
@@ -108,16 +108,10 @@ def list_files(folder: Path, exclude: Path | None = None) -> list[tuple[str, Pat
 
 
 def header_text(ds: pydicom.Dataset, keyword: str) -> str:
-    """A header value as text, multi-values joined by backslashes; "" when absent or malformed.
-
-    UI and CS values (ASCII by definition) are read from the raw bytes: pydicom's conversion of
-    each element costs more than the rest of a cached file's bookkeeping.
-    """
+    """A header value as text, multi-values joined by backslashes; "" when absent or malformed."""
     try:
-        raw = ds.get_item(keyword_tag(keyword))
-        if raw is not None and isinstance(raw.value, bytes) and raw.VR in ("UI", "CS"):
-            return raw.value.decode("ascii", "replace").strip(" \x00")
-        value = ds.get(keyword)
+        text = raw_text(ds, keyword)
+        value = ds.get(keyword) if text is None else text
     except Exception:  # a malformed value is as good as none
         return ""
     if value is None:
@@ -125,11 +119,6 @@ def header_text(ds: pydicom.Dataset, keyword: str) -> str:
     if isinstance(value, MultiValue | list):
         return "\\".join(str(part) for part in value)
     return str(value).strip()
-
-
-@functools.cache
-def keyword_tag(keyword: str) -> int:
-    return tag_for_keyword(keyword)
 
 
 def read_record(data: bytes, preprocess: Preprocess) -> dict:
@@ -143,7 +132,7 @@ def read_record(data: bytes, preprocess: Preprocess) -> dict:
         return {"reason": not_dicom_reason(data), "meta": {}}
     except Exception as error:  # a damaged file may fail anywhere in the parser
         return {"reason": f"unreadable DICOM: {describe(error)}", "meta": {}}
-    if str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", "")) == DICOMDIR_SOP_CLASS:
+    if header_text(ds.file_meta, "MediaStorageSOPClassUID") == DICOMDIR_SOP_CLASS:
         return {"reason": None, "meta": {}, "dicomdir": True}
     meta = {keyword: header_text(ds, keyword) for keyword in preprocess.keywords}
     meta |= {f"attribute:{name}": attribute_text(ds, name) for name in preprocess.attributes}
