@@ -96,10 +96,15 @@ def list_files(folder: Path, exclude: Path | None = None) -> list[tuple[str, Pat
     """(path relative to folder, path) of every file not ignored, sorted; hidden folders and
     `exclude` (flip's own cache, when it lies inside the data) are not entered."""
     found = []
+    root = os.path.realpath(folder)
     excluded = os.path.realpath(exclude) if exclude is not None else None
+    if excluded is not None and os.path.commonpath([root, excluded]) != root:
+        excluded = None  # outside the data (os.walk follows no links): no folder to check
     for parent, folders, names in os.walk(folder):
         folders[:] = [
-            name for name in folders if not name.startswith(".") and os.path.realpath(os.path.join(parent, name)) != excluded
+            name
+            for name in folders
+            if not name.startswith(".") and (excluded is None or os.path.realpath(os.path.join(parent, name)) != excluded)
         ]
         relative = Path(parent).relative_to(folder).as_posix()
         base = "" if relative == "." else relative + "/"
