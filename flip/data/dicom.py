@@ -23,8 +23,8 @@ from pathlib import Path
 
 from flip.data import default_cache_dir
 from flip.data.base import Item, SiteDataModule
-from flip.data.dicom_cache import DecodedCache, hash_file
-from flip.data.dicom_files import READ_THREADS, Preprocess, list_files, prefetch, read_record
+from flip.data.dicom_cache import DecodedCache, read_hashed
+from flip.data.dicom_files import Preprocess, list_files, prefetch, read_record
 from flip.data.dicom_labels import (
     KEY_COLUMNS,
     UNLABELLED,
@@ -59,6 +59,14 @@ def series_paths(groups: Mapping[str, Sequence[Slice]]) -> dict[str, str]:
         uid: path if shared[path] == 1 else f"{groups[uid][0].relative} (+{len(groups[uid]) - 1} more)"
         for uid, path in common.items()
     }
+
+
+def fresh_outcome(entry: list, data: bytes, cache: DecodedCache, preprocess: Preprocess) -> tuple[list, dict, bool]:
+    """A read file's (entry, record, fresh): the cached record of its content, else one parsed from `data`."""
+    record = cache.peek(entry[1])
+    if record is not None:
+        return entry, record, False
+    return entry, read_record(data, preprocess), True
 
 
 class DicomDataModule(SiteDataModule):
@@ -208,22 +216,15 @@ class DicomDataModule(SiteDataModule):
     def _outcomes(files: list[tuple[str, Path]], cache: DecodedCache, preprocess: Preprocess) -> list:
         """Per file ([signature, sha256], record, fresh) or the OSError that stopped reading it.
 
-        Unchanged files (same signature, record cached) are answered from the cache here; the
-        rest are hashed and, on a miss, parsed and decoded on a few threads (hashing, I/O,
-        decoders and tensor work release the GIL, pydicom's parsing does not).
+        Unchanged files (same signature, record cached) are answered from the cache here. The
+        rest are read and hashed on a helper thread ahead of this one (file I/O and sha256
+        release the GIL), which parses and decodes the misses from those bytes.
         """
-
-        def work(pair: tuple[str, Path]) -> tuple[list, dict, bool]:
-            entry, data = hash_file(pair[1], cache.files.get(pair[0]))
-            record = cache.peek(entry[1])
-            if record is not None:
-                return entry, record, False
-            return entry, read_record(data if data is not None else pair[1].read_bytes(), preprocess), True
-
         outcomes = [cache.unchanged(relative, path) for relative, path in files]
         missing = [index for index, outcome in enumerate(outcomes) if outcome is None]
-        for index, outcome in zip(missing, prefetch(work, [files[i] for i in missing], READ_THREADS), strict=True):
-            outcomes[index] = outcome
+        read = prefetch(lambda pair: read_hashed(pair[1], cache.files.get(pair[0])), [files[i] for i in missing])
+        for index, result in zip(missing, read, strict=True):
+            outcomes[index] = result if isinstance(result, OSError) else fresh_outcome(*result, cache, preprocess)
         return outcomes
 
     def _count(self, meta: Mapping[str, str], relative: str, labeller: Labeller) -> None:

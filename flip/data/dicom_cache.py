@@ -61,18 +61,20 @@ def signature(stat: os.stat_result) -> list[int]:
     return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
 
 
-def hash_file(path: Path, known: list | None) -> tuple[list, bytes | None]:
-    """([signature or None, sha256], bytes or None): `known` reused while the file's signature matches.
+def read_hashed(path: Path, known: list | None) -> tuple[list, bytes]:
+    """([signature or None, sha256], content): `known` reused while the file's signature matches.
 
-    Safe to run on another thread; a signature is withheld when the file changed within a
-    second of being read (its timestamp may not show a further change in the same tick).
+    Safe to run on another thread; the signature is the open file's, and it is withheld when
+    the file changed within a second of being read (its timestamp may not show a further change
+    in the same tick).
     """
-    stat = path.stat()
+    with open(path, "rb", buffering=0) as handle:
+        stat = os.fstat(handle.fileno())
+        read_at = time.time_ns()
+        data = handle.readall()
     if known is not None and known[0] == signature(stat):
-        return known, None
-    hashed_at = time.time_ns()
-    data = path.read_bytes()
-    racy = max(stat.st_mtime_ns, stat.st_ctime_ns) > hashed_at - _RACY_NS
+        return known, data
+    racy = max(stat.st_mtime_ns, stat.st_ctime_ns) > read_at - _RACY_NS
     return [None if racy else signature(stat), sha256(data)], data
 
 

@@ -23,11 +23,11 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 from flip.data.dicom_labels import attribute_tag, attribute_text
-from flip.data.dicom_pixels import PixelError, describe, load_frames, transfer_syntax, transfer_syntax_name
+from flip.data.dicom_pixels import PixelError, describe, load_frames, raw_text, transfer_syntax, transfer_syntax_name
 
-# Threads that hash, parse and decode files; the GIL-free parts (I/O, sha256, decoders, tensor
-# work) overlap, pydicom's parsing does not.
-READ_THREADS = max(1, min(4, os.cpu_count() or 1))
+# Files read and hashed ahead of the parsing thread: enough to ride out a slow read, few enough
+# that large files do not pile up in memory.
+READ_AHEAD = 4
 T = TypeVar("T")
 R = TypeVar("R")
 SIDECARS = (".csv", ".json", ".ndjson", ".ndjson.gz", ".txt", ".md")
@@ -96,10 +96,15 @@ def list_files(folder: Path, exclude: Path | None = None) -> list[tuple[str, Pat
     """(path relative to folder, path) of every file not ignored, sorted; hidden folders and
     `exclude` (flip's own cache, when it lies inside the data) are not entered."""
     found = []
+    root = os.path.realpath(folder)
     excluded = os.path.realpath(exclude) if exclude is not None else None
+    if excluded is not None and os.path.commonpath([root, excluded]) != root:
+        excluded = None  # outside the data (os.walk follows no links): no folder to check
     for parent, folders, names in os.walk(folder):
         folders[:] = [
-            name for name in folders if not name.startswith(".") and os.path.realpath(os.path.join(parent, name)) != excluded
+            name
+            for name in folders
+            if not name.startswith(".") and (excluded is None or os.path.realpath(os.path.join(parent, name)) != excluded)
         ]
         relative = Path(parent).relative_to(folder).as_posix()
         base = "" if relative == "." else relative + "/"
@@ -108,16 +113,10 @@ def list_files(folder: Path, exclude: Path | None = None) -> list[tuple[str, Pat
 
 
 def header_text(ds: pydicom.Dataset, keyword: str) -> str:
-    """A header value as text, multi-values joined by backslashes; "" when absent or malformed.
-
-    UI and CS values (ASCII by definition) are read from the raw bytes: pydicom's conversion of
-    each element costs more than the rest of a cached file's bookkeeping.
-    """
+    """A header value as text, multi-values joined by backslashes; "" when absent or malformed."""
     try:
-        raw = ds.get_item(keyword_tag(keyword))
-        if raw is not None and isinstance(raw.value, bytes) and raw.VR in ("UI", "CS"):
-            return raw.value.decode("ascii", "replace").strip(" \x00")
-        value = ds.get(keyword)
+        text = raw_text(ds, keyword)
+        value = ds.get(keyword) if text is None else text
     except Exception:  # a malformed value is as good as none
         return ""
     if value is None:
@@ -125,11 +124,6 @@ def header_text(ds: pydicom.Dataset, keyword: str) -> str:
     if isinstance(value, MultiValue | list):
         return "\\".join(str(part) for part in value)
     return str(value).strip()
-
-
-@functools.cache
-def keyword_tag(keyword: str) -> int:
-    return tag_for_keyword(keyword)
 
 
 def read_record(data: bytes, preprocess: Preprocess) -> dict:
@@ -143,7 +137,7 @@ def read_record(data: bytes, preprocess: Preprocess) -> dict:
         return {"reason": not_dicom_reason(data), "meta": {}}
     except Exception as error:  # a damaged file may fail anywhere in the parser
         return {"reason": f"unreadable DICOM: {describe(error)}", "meta": {}}
-    if str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", "")) == DICOMDIR_SOP_CLASS:
+    if header_text(ds.file_meta, "MediaStorageSOPClassUID") == DICOMDIR_SOP_CLASS:
         return {"reason": None, "meta": {}, "dicomdir": True}
     meta = {keyword: header_text(ds, keyword) for keyword in preprocess.keywords}
     meta |= {f"attribute:{name}": attribute_text(ds, name) for name in preprocess.attributes}
@@ -172,8 +166,8 @@ def not_dicom_reason(data: bytes) -> str:
     return RAW_DATASET if is_raw else "not a DICOM file"
 
 
-def prefetch(function: Callable[[T], R], inputs: Sequence[T], threads: int) -> Iterator[R | OSError]:
-    """`function` over `inputs`, in order, on `threads` helper threads, a few inputs ahead of the
+def prefetch(function: Callable[[T], R], inputs: Sequence[T], ahead: int = READ_AHEAD) -> Iterator[R | OSError]:
+    """`function` over `inputs`, in order, on one helper thread at most `ahead` inputs ahead of the
     consumer (bounded, so a large site is never held in memory); an OSError is yielded in place
     of its result."""
 
@@ -183,11 +177,7 @@ def prefetch(function: Callable[[T], R], inputs: Sequence[T], threads: int) -> I
         except OSError as error:
             return error
 
-    if threads <= 1:
-        yield from (guarded(value) for value in inputs)
-        return
-    ahead = 2 * threads
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="flip-dicom") as pool:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="flip-dicom") as pool:
         pending: deque[Future] = deque(pool.submit(guarded, value) for value in inputs[:ahead])
         for value in inputs[ahead:]:
             result = pending.popleft().result()
@@ -195,5 +185,3 @@ def prefetch(function: Callable[[T], R], inputs: Sequence[T], threads: int) -> I
             yield result
         while pending:
             yield pending.popleft().result()
-
-

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import numpy as np
 import pydicom
 import torch
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, convert_color_space, get_decoder
 from pydicom.pixels.utils import get_nr_frames
@@ -33,6 +34,8 @@ CHANNELS = (1, 3)
 BT601 = (0.299, 0.587, 0.114)
 GREY = ("MONOCHROME1", "MONOCHROME2")
 YBR_FULL = ("YBR_FULL", "YBR_FULL_422")
+# Value representations stored as backslash-separated text in the character repertoire.
+TEXT_VRS = frozenset(("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "SH", "TM", "UI"))
 # Transfer syntaxes newer than pydicom's UID dictionary, named so reasons stay readable.
 NEWER_SYNTAXES = {
     "1.2.840.10008.1.2.4.110": "JPEG XL Lossless",
@@ -44,6 +47,37 @@ NEWER_SYNTAXES = {
 
 class PixelError(ValueError):
     """The pixels of a file cannot be turned into an image; the message is the reason."""
+
+
+@functools.cache
+def keyword_tag(keyword: str) -> int:
+    return tag_for_keyword(keyword)
+
+
+def raw_text(ds: pydicom.Dataset, keyword: str) -> str | None:
+    """A text element's value read straight from its bytes ("" when absent; parts stripped, joined
+    by backslashes), or None when pydicom must convert it: not text, already converted, or not
+    plain ASCII (a character set applies).
+
+    pydicom's conversion of each element (decoding, validation, value classes) costs more than
+    the rest of a file's header bookkeeping.
+    """
+    element = ds.get_item(keyword_tag(keyword))
+    if element is None:
+        return ""
+    value = element.value
+    if not isinstance(value, bytes) or not value.isascii() or b"\x1b" in value:
+        return None
+    if (element.VR or dictionary_VR(element.tag)) not in TEXT_VRS:
+        return None
+    return "\\".join(part.strip(" \x00") for part in value.decode("ascii").split("\\"))
+
+
+def header_number(ds: pydicom.Dataset, keyword: str) -> float | None:
+    """A single-valued DS/IS element as a float, None when absent or empty."""
+    text = raw_text(ds, keyword)
+    value = ds.get(keyword) if text is None else text
+    return float(value) if value not in (None, "") else None
 
 
 def transfer_syntax(ds: pydicom.Dataset) -> UID | None:
@@ -140,8 +174,8 @@ def grey_resized(array: np.ndarray, ds: pydicom.Dataset, window: tuple[float, fl
         modality = np.rint(values.mul_(slope).add_(intercept).numpy()).astype(np.int64)
         unit = resize(min_max(torch.from_numpy(np.asarray(apply_voi_lut(modality, ds), dtype=np.float32))), size)
     else:  # the range of values * slope + intercept maps onto [0, 1] as the range of values does (slope > 0)
-        low, high = torch.aminmax(values)
-        unit = scale_range(interpolate(values, size), float(low), float(high))
+        low, high = value_range(values)  # while the values are still in the CPU cache
+        unit = scale_range(interpolate(values, size), low, high)
     return 1.0 - unit if ds.get("PhotometricInterpretation") == "MONOCHROME1" else unit
 
 
@@ -155,8 +189,8 @@ def modality_values(array: np.ndarray, ds: pydicom.Dataset) -> tuple[torch.Tenso
     if "ModalityLUTSequence" in ds:
         values = np.array(apply_modality_lut(array, ds), dtype=np.float32)
         return torch.from_numpy(values)[:, None], 1.0, 0.0
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    slope = header_number(ds, "RescaleSlope") or 1.0
+    intercept = header_number(ds, "RescaleIntercept") or 0.0
     values = torch.from_numpy(np.array(array, dtype=np.float32))[:, None]
     if slope < 0:  # keep slope > 0 so min-max needs no rescale: v = (-x) * (-slope) + intercept
         values, slope = values.neg_(), -slope
@@ -194,8 +228,13 @@ def windowed(values: torch.Tensor, slope: float, intercept: float, center: float
 
 def min_max(values: torch.Tensor) -> torch.Tensor:
     """Scale into [0, 1] by the tensor's own range; a constant image becomes zeros."""
-    low, high = torch.aminmax(values)
-    return scale_range(values, float(low), float(high))
+    return scale_range(values, *value_range(values))
+
+
+def value_range(values: torch.Tensor) -> tuple[float, float]:
+    """(min, max) of a tensor; numpy's vectorised reductions beat torch.aminmax on one thread."""
+    array = values.numpy()
+    return float(array.min()), float(array.max())
 
 
 def scale_range(values: torch.Tensor, low: float, high: float) -> torch.Tensor:

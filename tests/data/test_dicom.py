@@ -21,12 +21,14 @@ import torch
 from pydicom.data import get_testdata_file
 from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.multival import MultiValue
 from pydicom.uid import generate_uid
 
 from flip.data import default_cache_dir
 from flip.data.base import split_by_patient
 from flip.data.dicom import DicomDataModule, load_image, read_manifest
 from flip.data import dicom_pixels
+from flip.data.dicom_files import GEOMETRY_KEYWORDS, HEADER_KEYWORDS, header_text
 from flip.data.dicom_pixels import load_frames
 from flip.data.synthetic import write_synthetic_dicom
 from flip.models.volume import VolumeClassifier
@@ -633,6 +635,39 @@ def test_labels_from_a_private_tag(tmp_path):
     dm.setup()
     assert dm.label_counts == {0: 1, 1: 1}
     assert dm.skipped == [("rtdose_1frame.dcm", "unknown label '2' from (0077,1001); allowed: integers 0..1")]
+
+
+CHARSET_FILES = Path(pydicom.data.__file__).parent / "charset_files"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [pydicom_file(name) for name in ("CT_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "rtplan.dcm")]
+    + [CHARSET_FILES / name for name in ("chrJapMulti.dcm", "chrFrenMulti.dcm", "chrSQEncoding.dcm")],
+    ids=lambda path: path.name,
+)
+def test_header_values_read_from_the_raw_bytes_are_pydicoms(path):
+    keywords = (*HEADER_KEYWORDS, *GEOMETRY_KEYWORDS, "RescaleSlope", "RescaleIntercept", "PatientName", "ImageType")
+    raw, converted = pydicom.dcmread(path), pydicom.dcmread(path)
+    for keyword in keywords:
+        value = converted.get(keyword)
+        parts = value if isinstance(value, MultiValue) else [] if value is None else [value]
+        assert header_text(raw, keyword) == "\\".join(str(part).strip() for part in parts), keyword
+
+
+def test_label_keys_outside_ascii_are_decoded_with_the_character_set(tmp_path):
+    patients = {"ISO_IR 100": "Müller", "ISO_IR 192": "Zoë^Ørsted", "\\ISO 2022 IR 87": "ヤマダ"}  # the last in escapes
+    for index, (charset, patient) in enumerate(patients.items()):
+        ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+        ds.SpecificCharacterSet = charset.split("\\") if "\\" in charset else charset
+        ds.PatientID, ds.SOPInstanceUID = patient, generate_uid()
+        ds.save_as(tmp_path / f"{index}.dcm")
+    raw = pydicom.dcmread(tmp_path / "2.dcm").get_item(0x00100020).value
+    assert raw.isascii() and b"\x1b" in raw  # ASCII bytes that still need the character set
+    write_csv(tmp_path / "labels.csv", [{"PatientID": patient, "label": i % 2} for i, patient in enumerate(patients.values())])
+    dm = DicomDataModule(root=tmp_path, key_column="PatientID", image_size=8, val_fraction=0, test_fraction=0)
+    dm.setup()
+    assert dm.skipped == [] and dm.label_counts == {0: 2, 1: 1}
 
 
 def test_rows_without_images_and_unknown_labels_are_reported(real_folder, caplog):
