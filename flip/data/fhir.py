@@ -134,14 +134,16 @@ def validate_reusing(version: str, name: str, resource: dict) -> Any:
     treat them as read-only.
     """
     cls = model_class(version, name)
-    slots = element_slots(cls)
-    return cls(**{key: _reuse(slots.get(key), value) for key, value in resource.items()})
+    slots, data = element_slots(cls), dict(resource)
+    for key, value in resource.items():
+        slot = slots.get(key)
+        if slot is not None:
+            data[key] = _reuse(slot, value)
+    return cls(**data)
 
 
-def _reuse(slot: Optional[tuple[type, bool]], value: Any) -> Any:
+def _reuse(slot: tuple[type, bool], value: Any) -> Any:
     """`value` with its element dicts replaced by validated models of the slot's class."""
-    if slot is None:
-        return value
     element, many = slot
     if many:
         return [_element(element, item) if type(item) is dict else item for item in value] if type(value) is list else value
