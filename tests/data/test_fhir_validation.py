@@ -40,6 +40,7 @@ from flip.data.fhir import ParseContext, accept_reusing, model_class, parse_entr
 LOINC, SNOMED = "http://loinc.org", "http://snomed.info/sct"
 OTHER_ENCODINGS = (b"\xef\xbb\xbf", b"\xff\xfe")  # a UTF-8 byte-order mark; UTF-16
 CONTEXT = ParseContext("R4B", ("Condition", "MedicationRequest", "Observation", "Patient", "Procedure"))
+_DELETE = object()  # a replacement that removes the value
 # What a value is replaced with: each of JSON's types, nulls, and values FHIR types reject.
 REPLACEMENTS = (None, 0, 2.5, True, "", "x", "2023-13-45", "not a code!", [], [None], {}, {"unknownField": 1}, [{}])
 
@@ -101,9 +102,6 @@ def replaced(resource: dict, path: tuple, new) -> dict:
     else:
         holder[last] = new
     return copy
-
-
-_DELETE = object()
 
 
 def broken(resource: dict) -> Iterator[dict]:
