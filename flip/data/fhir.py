@@ -5,12 +5,20 @@ with the R4B models: fhir.resources ships no separate R4 package). A line or ent
 validate is skipped with its place and reason; when it validates under another version, the
 reason says which. Validation runs in worker processes, and each file's validated records are
 cached by the file's content, so a later run over the same export does not validate it again.
+
+Nested elements that recur across resources (a code, a category, a subject reference) are
+validated once per distinct JSON value and the model is reused (`validate_reusing`); every
+resource's own fields and validators still run, and whatever that path does not accept is
+validated again whole (`parse_entry_plainly`: fhir.resources' `model_validate_json` for an
+NDJSON line), so what is accepted, and every reason, stays as that path decides.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
+import gc
 import gzip
 import hashlib
 import importlib
@@ -20,13 +28,17 @@ import multiprocessing
 import os
 import re
 import tempfile
+import types
+import typing
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
 import torch
+from fhir_core.types import FhirBase, FhirElementOrResourceBase
 from pydantic import ValidationError
+from pydantic_core import from_json, to_json
 
 from flip.config.schema_fhir import fhir_problems
 from flip.data import default_cache_dir
@@ -52,8 +64,9 @@ PACKAGES = {"R4": "fhir.resources.R4B", "R4B": "fhir.resources.R4B", "R5": "fhir
 LOOKALIKES = {"R4": ("R5", "STU3"), "R4B": ("R5", "STU3"), "R5": ("R4B", "STU3")}
 BUNDLE_TYPES = ("collection", "transaction", "searchset")
 EVENT_TYPES = ("Observation", "Condition", "MedicationRequest", "Procedure")
-CHUNK_SIZE = 2000  # resources per validation job
-CACHE_FORMAT = 1
+CHUNK_SIZE = 2000  # resources (NDJSON lines) per validation job
+CACHE_FORMAT = 2
+ELEMENTS_KEPT = 2**14  # validated nested elements each process keeps for reuse (see validate_reusing)
 _TYPE_TOKEN = re.compile(r"[A-Z][A-Za-z]+")
 # Statuses that say a resource must not be used.
 _VOID = {"entered-in-error", "cancelled", "refuted", "not-done"}
@@ -77,6 +90,18 @@ class ParseContext(NamedTuple):
 Entry = tuple[str, Any, Optional[str], Optional[str]]
 
 
+class Lines(NamedTuple):
+    """Up to CHUNK_SIZE lines of an NDJSON file, from line number `first` on: a job the worker splits."""
+
+    data: bytes
+    rel: str
+    hint: Optional[str]
+    first: int
+
+
+Job = list[Entry] | Lines
+
+
 # ---------------------------------------------------------------- models
 
 
@@ -96,6 +121,79 @@ def validate(version: str, name: str, payload: Any) -> Any:
     """A validated model of `payload` (JSON bytes or a dict); raises pydantic's ValidationError."""
     cls = model_class(version, name)
     return cls.model_validate_json(payload) if isinstance(payload, (bytes, str)) else cls.model_validate(payload)
+
+
+def validate_reusing(version: str, name: str, resource: dict) -> Any:
+    """`validate` of a parsed resource, its nested elements validated once per distinct JSON value.
+
+    fhir_core validates a nested element's dict with the element's own model and takes a model
+    of that class as it is, so handing it the model validated earlier from the same JSON value
+    changes nothing; the resource's own fields and validators run as usual. Models are built as
+    `cls(**data)`, which runs the same validation as `model_validate` (whose custom `__init__` it
+    calls) without repeating the after-validators. The returned models share those elements:
+    treat them as read-only.
+    """
+    cls = model_class(version, name)
+    slots, data = element_slots(cls), dict(resource)
+    for key, value in resource.items():
+        slot = slots.get(key)
+        if slot is not None:
+            data[key] = _reuse(slot, value)
+    return cls(**data)
+
+
+def _reuse(slot: tuple[type, bool], value: Any) -> Any:
+    """`value` with its element dicts replaced by validated models of the slot's class."""
+    element, many = slot
+    if many:
+        return [_element(element, item) if type(item) is dict else item for item in value] if type(value) is list else value
+    return _element(element, value) if type(value) is dict else value
+
+
+_ELEMENTS: dict[tuple[type, bytes], Any] = {}  # (element class, JSON text): validated model
+
+
+def _element(element: type, value: dict) -> Any:
+    """`element` validated from `value`, or the model validated earlier from the same JSON value."""
+    key = (element, to_json(value))  # distinct JSON values give distinct text
+    model = _ELEMENTS.get(key)
+    if model is None:
+        if len(_ELEMENTS) >= ELEMENTS_KEPT:
+            _ELEMENTS.clear()
+        model = _ELEMENTS[key] = element(**value)
+    return model
+
+
+@functools.lru_cache(maxsize=None)
+def element_slots(cls: type) -> dict[str, tuple[type, bool]]:
+    """{JSON key: (element model class, whether a list)} of the fields of `cls` that hold nested elements."""
+    slots = {}
+    for name, field in cls.model_fields.items():
+        key = field.alias or name
+        slot = _slot(field.annotation) if not field.metadata and field.validation_alias in (None, key) else None
+        if slot is not None:
+            slots[key] = slot
+    return slots
+
+
+def _slot(annotation: Any) -> Optional[tuple[type, bool]]:
+    """(model class, whether a list) for a field typed X, Optional[X] or Optional[List[X]] of one element type X."""
+    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation, args = args[0], list(typing.get_args(args[0]))
+    if typing.get_origin(annotation) is list and len(args) == 1:
+        element = _element_class(args[0])
+        return (element, True) if element else None
+    element = _element_class(annotation)
+    return (element, False) if element else None
+
+
+def _element_class(annotation: Any) -> Optional[type]:
+    """The model class a FHIR element type (CodeableConceptType...) validates into; None for other types,
+    and for the polymorphic ones (ResourceType, ElementType) that pick their class from the value."""
+    if isinstance(annotation, type) and issubclass(annotation, FhirBase) and not issubclass(annotation, FhirElementOrResourceBase):
+        return annotation.get_model_klass()
+    return None
 
 
 def looks_like(version: str, name: str, payload: dict) -> Optional[str]:
@@ -127,6 +225,30 @@ def error_summary(error: Exception) -> str:
 
 def parse_entry(context: ParseContext, entry: Entry) -> tuple[str, Any] | str | None:
     """(resource type, validated model), or the reason the entry cannot be used, or None if not wanted."""
+    return accept_reusing(context, entry) or parse_entry_plainly(context, entry)
+
+
+def accept_reusing(context: ParseContext, entry: Entry) -> Optional[tuple[str, Any]]:
+    """(resource type, model) when the entry validates with `validate_reusing`; None leaves it to the plain path.
+
+    It parses JSON as pydantic's model_validate_json does (pydantic_core.from_json) and takes the
+    type as `parse_entry_plainly` would; whatever it does not accept, the plain path decides on.
+    """
+    _, payload, hint, _ = entry
+    try:
+        resource = from_json(payload) if isinstance(payload, bytes) else payload
+        if not isinstance(resource, dict):
+            return None
+        name = hint if hint is not None and isinstance(payload, bytes) else resource.get("resourceType")
+        if hint is None and name not in context.types:
+            return None
+        return name, validate_reusing(context.version, name, resource)
+    except Exception:  # noqa: BLE001 - any failure is the plain path's to report
+        return None
+
+
+def parse_entry_plainly(context: ParseContext, entry: Entry) -> tuple[str, Any] | str | None:
+    """`parse_entry` with every resource validated whole by fhir.resources (model_validate_json for NDJSON lines)."""
     loc, payload, hint, _ = entry
     if hint is not None and isinstance(payload, bytes):
         try:
@@ -164,40 +286,45 @@ def event_record(name: str, model: Any, loc: str, sha: str) -> EventRecord | str
     status = _status(model)
     if status in _VOID:
         return f"{name} has status {status}; not used"
-    subject = getattr(model, "subject", None)
+    subject = _field(model, "subject")
     if subject is None or not subject.reference:
         return f"{name} has no subject reference"
-    quantity = getattr(model, "valueQuantity", None)
+    quantity = _field(model, "valueQuantity")
     value = float(quantity.value) if quantity is not None and quantity.value is not None else None
     unit, unit_code = (quantity.unit, quantity.code) if quantity is not None else (None, None)
     return EventRecord(name, loc, subject.reference, _codes(model), _time(name, model), value, unit, unit_code, sha)
 
 
 def _status(model: Any) -> Optional[str]:
-    verification = getattr(model, "verificationStatus", None)
+    verification = _field(model, "verificationStatus")
     if verification is not None:
         for coding in verification.coding or []:
             if coding.code in _VOID:
                 return coding.code
-    return getattr(model, "status", None)
+    return _field(model, "status")
 
 
 def _codes(model: Any) -> list[list[Optional[str]]]:
     """[system, code] of each coding: `code`, or the medication's (R4B CodeableConcept, R5 CodeableReference)."""
-    concept = getattr(model, "code", None) or getattr(model, "medicationCodeableConcept", None)
-    medication = getattr(model, "medication", None)
-    concept = concept or (getattr(medication, "concept", None) if medication is not None else None)
+    concept = _field(model, "code") or _field(model, "medicationCodeableConcept")
+    medication = _field(model, "medication")
+    concept = concept or (_field(medication, "concept") if medication is not None else None)
     return [[c.system, c.code] for c in (concept.coding or [])] if concept is not None else []
 
 
 def _time(name: str, model: Any) -> Optional[float]:
     for field in _TIME_FIELDS[name]:
-        value = getattr(model, field, None)
+        value = _field(model, field)
         if value is not None and hasattr(value, "start"):  # a Period
             value = value.start or value.end
         if value is not None:
             return epoch_of(value)
     return None
+
+
+def _field(model: Any, name: str) -> Any:
+    """The value of field `name`; None when the model has no such field (without pydantic's slow AttributeError)."""
+    return getattr(model, name) if name in type(model).__pydantic_fields__ else None
 
 
 def _attribute(model: Any, path: str) -> str:
@@ -222,10 +349,10 @@ def content_sha256(payload: Any) -> str:
 # ---------------------------------------------------------------- jobs
 
 
-def parse_chunk(context: ParseContext, entries: list[Entry]) -> dict:
-    """Validate and extract a list of entries: {patients, events, skips, types} of plain values."""
+def parse_chunk(context: ParseContext, job: Job) -> dict:
+    """Validate and extract a job's entries: {patients, events, skips, types} of plain values."""
     result: dict = {"patients": [], "events": [], "skips": [], "types": {}}
-    for entry in entries:
+    for entry in ndjson_entries(*job) if isinstance(job, Lines) else job:
         outcome = parse_entry(context, entry)
         if outcome is None:
             continue
@@ -246,22 +373,45 @@ def _record(context: ParseContext, entry: Entry, name: str, model: Any) -> Patie
     return event_record(name, model, loc, sha)
 
 
-def run_chunks(context: ParseContext, jobs: list[list[Entry]], processes: int) -> list[dict]:
+def run_chunks(context: ParseContext, jobs: list[Job], processes: int) -> list[dict]:
     """parse_chunk over every job, in order; in a process pool when there is more than one job."""
     pool = _pool(min(processes, len(jobs))) if processes > 1 and len(jobs) > 1 else None
     if pool is None:
-        return [parse_chunk(context, job) for job in jobs]
+        try:
+            return [parse_chunk(context, job) for job in jobs]
+        finally:
+            _ELEMENTS.clear()  # not needed once the jobs are done
     with pool:
         return pool.starmap(parse_chunk, [(context, job) for job in jobs], chunksize=1)
 
 
 def _pool(processes: int) -> Any:
+    """A pool whose workers collect their own garbage (see `gc_paused`)."""
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     try:
-        return multiprocessing.get_context(method).Pool(processes)
+        return multiprocessing.get_context(method).Pool(processes, initializer=gc.enable)
     except (OSError, AssertionError, ValueError) as error:  # e.g. inside a daemonic process
         log.info("validating FHIR in this process only: no process pool (%s)", error)
         return None
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """No garbage collection inside, and the objects made before frozen out of it (gc.freeze).
+
+    A bulk load makes records, not reference cycles; collections would walk the whole heap
+    (torch, Lightning) again and again. Forked workers inherit the frozen objects, so their
+    own collections leave those (and the pages they share with this process) alone.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        if enabled:
+            gc.enable()
 
 
 # ---------------------------------------------------------------- files
@@ -284,9 +434,25 @@ def type_hint(name: str, version: str) -> Optional[str]:
     return next((token for token in _TYPE_TOKEN.findall(name) if model_class(version, token)), None)
 
 
-def ndjson_entries(data: bytes, rel: str, hint: Optional[str]) -> list[Entry]:
+def ndjson_entries(data: bytes, rel: str, hint: Optional[str], first: int = 1) -> list[Entry]:
+    """The non-blank lines of `data`, numbered from `first`."""
     lines = data.split(b"\n")
-    return [(f"{rel}:{number}", line.strip(), hint, None) for number, line in enumerate(lines, 1) if line.strip()]
+    return [(f"{rel}:{number}", line.strip(), hint, None) for number, line in enumerate(lines, first) if line.strip()]
+
+
+def ndjson_jobs(data: bytes, rel: str, hint: Optional[str]) -> list[Lines]:
+    """`data` cut after every CHUNK_SIZE-th line (the workers split the lines)."""
+    jobs, start, first = [], 0, 1
+    while start < len(data):
+        end = start
+        for _ in range(CHUNK_SIZE):
+            end = data.find(b"\n", end) + 1
+            if not end:
+                end = len(data)
+                break
+        jobs.append(Lines(data[start:end], rel, hint, first))
+        start, first = end, first + CHUNK_SIZE
+    return jobs
 
 
 def bundle_entries(data: bytes, rel: str) -> tuple[list[Entry], list[tuple[str, str]]]:
@@ -366,12 +532,11 @@ def read_export(
         if cached is not None:
             results[index] = cached
             continue
-        entries, problems = _file_entries(path.name, raw, rel, context)
+        file_jobs, problems = _file_jobs(path.name, raw, rel, context)
         results[index] = {"patients": [], "events": [], "skips": [list(p) for p in problems], "types": {}}
         fresh.append(index)
-        for start in range(0, len(entries), CHUNK_SIZE):
-            jobs.append(entries[start : start + CHUNK_SIZE])
-            owners.append(index)
+        jobs += file_jobs
+        owners += [index] * len(file_jobs)
     for index, output in zip(owners, run_chunks(context, jobs, processes)):
         _merge(results[index], output)
     for index in fresh:
@@ -385,17 +550,18 @@ def _unused(name: str, context: ParseContext) -> bool:
     return hint is not None and hint not in context.types
 
 
-def _file_entries(name: str, raw: bytes, rel: str, context: ParseContext) -> tuple[list[Entry], list]:
-    """A file's entries, and problems with the file itself."""
+def _file_jobs(name: str, raw: bytes, rel: str, context: ParseContext) -> tuple[list[Job], list]:
+    """A file's validation jobs, and problems with the file itself."""
     if file_kind(name) == "bundle":
-        return bundle_entries(raw, rel)
+        entries, problems = bundle_entries(raw, rel)
+        return [entries[start : start + CHUNK_SIZE] for start in range(0, len(entries), CHUNK_SIZE)], problems
     hint = type_hint(name, context.version)
     if name.lower().endswith(".gz"):
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as error:
             return [], [(rel, f"not a readable gzip file: {error}")]
-    return ndjson_entries(raw, rel, hint), []
+    return ndjson_jobs(raw, rel, hint), []
 
 
 def _merge(into: dict, output: dict) -> None:
@@ -488,13 +654,14 @@ class FhirDataModule(SiteDataModule):
         folder = site_dir / self.fhir_dir
         if not folder.is_dir():
             raise FileNotFoundError(f"FHIR folder not found: {folder} (data.fhir_dir={self.fhir_dir!r})")
-        export = read_export(site_dir, folder, self._context(), self._cache(), self._processes(), self.skip)
+        with gc_paused():
+            export = read_export(site_dir, folder, self._context(), self._cache(), self._processes(), self.skip)
+            rows = patient_rows(export.patients, export.events, self.spec, self.skip)
+            items = [_item(row) for row in rows if row.label is not None]
         self.resource_counts, self.unread = export.types, export.unread
         if export.unread:
             log.info("not read (resource types the spec does not use): %s", ", ".join(export.unread))
-        rows = patient_rows(export.patients, export.events, self.spec, self.skip)
         self.unlabelled = sum(row.label is None for row in rows)
-        items = [_item(row) for row in rows if row.label is not None]
         self.item_keys = [item.key for item in items]
         return items
 

@@ -270,7 +270,10 @@ def _label(events: list[EventRecord], label: FhirLabelConfig) -> int:
 
 
 def _matches(codes: list, system: Optional[str], wanted: tuple | list) -> bool:
-    return any(code in wanted and (system is None or sys == system) for sys, code in codes)
+    for sys, code in codes:  # a loop, not any(...): called for every event and feature
+        if code in wanted and (system is None or sys == system):
+            return True
+    return False
 
 
 def _apply_missing(rows: list[Row], spec: Spec, skip: Callable[[str, str], None]) -> list[Row]:

@@ -5,8 +5,9 @@ WBC, gzipped NDJSON) and a pneumonia Condition for a third of them, >= 100k reso
 The plain loop reads each file line by line and validates every line with the model its file
 name says. flip's side is `FhirDataModule.setup()` end to end (read, validate in worker
 processes, extract, feature rows, splits): first with an empty parse cache (every resource
-validated), then again with the cache the first pass wrote (unchanged files are not validated
-again). Each side runs REPEATS times, alternating; the best time of each counts. Prints the rates,
+validated; nested elements that recur, such as codes and subject references, once per distinct
+value, see `flip.data.fhir.validate_reusing`), then again with the cache the first pass wrote
+(unchanged files are not validated again). Each side runs REPEATS times, alternating; the best time of each counts. Prints the rates,
 `fhir_ingest_cached_ratio=` and, last, `fhir_ingest_ratio=<flip first-pass rate / plain rate>`.
 Usage: python tests/benchmarks/fhir_ingest.py [PATIENTS] [REPEATS]
 """
