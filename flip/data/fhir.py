@@ -203,7 +203,7 @@ def looks_like(version: str, name: str, payload: dict) -> Optional[str]:
             continue
         try:
             validate(other, name, payload)
-        except (ValidationError, ValueError, TypeError):
+        except Exception:  # noqa: BLE001 - invalid there too, however fhir.resources says so
             continue
         return other
     return None
@@ -253,8 +253,8 @@ def parse_entry_plainly(context: ParseContext, entry: Entry) -> tuple[str, Any] 
     if hint is not None and isinstance(payload, bytes):
         try:
             return hint, validate(context.version, hint, payload)
-        except ValidationError:
-            pass  # find out why below
+        except Exception:  # noqa: BLE001 - find out why below
+            pass
     try:
         resource = json.loads(payload) if isinstance(payload, bytes) else payload
     except ValueError as error:
@@ -267,7 +267,9 @@ def parse_entry_plainly(context: ParseContext, entry: Entry) -> tuple[str, Any] 
         return None if known else f"unknown resourceType {name!r}"
     try:
         return name, validate(context.version, name, resource)
-    except (ValueError, TypeError) as error:  # pydantic's ValidationError is a ValueError
+    # Not only pydantic's ValidationError: some malformed values make fhir.resources' own
+    # validators raise e.g. AttributeError, and one bad resource must not stop the ingest.
+    except Exception as error:  # noqa: BLE001
         other = looks_like(context.version, name, resource)
         if other:
             return f"{name} at {loc} is not valid {context.version}; it looks like {other}"

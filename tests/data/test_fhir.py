@@ -104,7 +104,9 @@ def site(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fhir-site")
     patients = [Patient(id="p1", gender="female", birthDate="1970-01-01"), Patient(id="p2", gender="male", birthDate="1980"),
                 Patient(id="p3")]
-    write_ndjson(root / "Patient.ndjson", patients, extra_lines=[patients[0].model_dump_json()[:25]])
+    # Line 5: a value that makes fhir.resources raise AttributeError, not a ValidationError.
+    crashing = {**json.loads(Patient(id="p5").model_dump_json()), "_birthDate": "1e400"}
+    write_ndjson(root / "Patient.ndjson", patients, extra_lines=[patients[0].model_dump_json()[:25], json.dumps(crashing)])
     r5_only = r5_observation.Observation(id="r5", status="final", code={"text": "x"}, subject={"reference": "Patient/p1"},
                                          instantiatesCanonical="http://example.org/PlanDefinition/x")
     write_ndjson(root / "Observation.ndjson.gz", [
@@ -186,6 +188,7 @@ def test_unusable_records_are_reported_with_place_and_reason(site, tmp_path):
     skipped = reasons(module(site, tmp_path))
     assert skipped["Observation.ndjson.gz:5"] == "Observation with code 1988-5 has unit 'mg/dL', expected 'mg/L'"
     assert skipped["Patient.ndjson:4"].startswith("not valid JSON")
+    assert skipped["Patient.ndjson:5"] == "Patient at Patient.ndjson:5 is not valid R4B: AttributeError: 'float' object has no attribute 'get'"
     assert skipped["Observation.ndjson.gz:10"] == "Observation at Observation.ndjson.gz:10 is not valid R4B; it looks like R5"
     assert "not a Patient in this export" in skipped["Observation.ndjson.gz:9"]
     assert skipped["history.json"] == "Bundle of type 'history' is not read (only collection, transaction, searchset)"
