@@ -31,7 +31,7 @@ import torch
 
 log = logging.getLogger("flip.data")
 
-CACHE_FORMAT = 1  # bump when flip's own preprocessing changes between releases
+CACHE_FORMAT = 2  # bump when flip's own preprocessing changes between releases (2: header text read from raw bytes)
 DECODER_PACKAGES = (
     "flip-fl", "pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle",
     "python-gdcm", "pyjpegls", "pillow", "numpy", "torch",
