@@ -94,7 +94,8 @@ def _server_side(cfg: DictConfig, checkpoints: Path, progress: Progress | None) 
     """The server's own start-up: torch, the initial model, its records and shared inputs.
 
     It runs in the ServerApp while the sites start theirs (Ray, site processes, their imports),
-    which is why nothing above this function loads torch or Lightning.
+    which is why the modules the driver imports before Flower starts load neither torch nor
+    Lightning (tests/federation/test_startup.py checks it).
     """
     from flip.training import build_datamodule, build_model, configure_torch
 
