@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 
 def default_cache_dir() -> Path:
@@ -15,4 +17,11 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "flip"
 
 
-__all__ = ["default_cache_dir"]
+def synthetic_root(synthetic: Mapping[str, Any], cache_dir: str | Path | None = None) -> Path:
+    """flip's generated data set for `synthetic` parameters, made in its cache on first use."""
+    from flip.data.synthetic import ensure_synthetic_dicom
+
+    return ensure_synthetic_dicom(cache_dir or default_cache_dir(), **synthetic)
+
+
+__all__ = ["default_cache_dir", "synthetic_root"]

@@ -91,10 +91,9 @@ class SiteDataModule(L.LightningDataModule):
     def resolve_root(self) -> Path:
         """The data root; with `synthetic` and no root, flip's generated data set in its cache."""
         if self.root is None:
-            from flip.data import default_cache_dir
-            from flip.data.synthetic import ensure_synthetic_dicom
+            from flip.data import synthetic_root
 
-            return ensure_synthetic_dicom(self.cache_dir or default_cache_dir(), **self.synthetic)
+            return synthetic_root(self.synthetic, self.cache_dir)
         return self.root
 
     def load_items(self, site_dir: Path) -> list[Item]:

@@ -7,6 +7,7 @@ message needs it. The handshake loads it, so a site that cannot fails before rou
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import partial
 from types import ModuleType
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 
 CONFIG_KEY = "flip-config"
 DIGEST_KEY = "flip-config-sha256"
+INITIAL_MODEL_KEY = "flip-initial-model"
+MODEL_KEY = "model"
 
 app = ClientApp()
 
@@ -105,10 +108,17 @@ def _small_splits(run: AcceptedRun, splits: dict[str, int]) -> str | None:
 def identify(message: Message, context: Context) -> Message:
     """The server's handshake: which site is this node, and does it accept the run?
 
-    The site also loads its training code now, while the server prepares its own side.
+    The site also loads its training code now, while the server prepares its own side. The site
+    asked for it (`INITIAL_MODEL_KEY`) also sends the run's initial weights and hyperparameters.
     """
-    site_code(accepted_run(message, context).cfg)
-    return Message(RecordDict({"site": ConfigRecord({"partition-id": site_index(context)})}), reply_to=message)
+    run = accepted_run(message, context)
+    site = site_code(run.cfg)
+    content = RecordDict({"site": ConfigRecord({"partition-id": site_index(context)})})
+    if message.content["config"].get(INITIAL_MODEL_KEY, False):
+        state, hparams = site.initial_model(run.cfg)
+        content["arrays"] = ArrayRecord(state)
+        content[MODEL_KEY] = ConfigRecord({"hparams": json.dumps(hparams)})
+    return Message(content, reply_to=message)
 
 
 @app.train()

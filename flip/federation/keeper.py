@@ -6,6 +6,7 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -16,8 +17,7 @@ from flip.privacy.accounting import PrivacyLedger
 from flip.results import MetricsTable
 from flip.run_types import SiteReport
 
-if TYPE_CHECKING:  # both load on first use: the simulation driver starts Flower before them
-    import lightning as L
+if TYPE_CHECKING:  # loads on first use: the simulation driver starts Flower before it
     import torch
 
 log = logging.getLogger(__name__)
@@ -58,16 +58,15 @@ def site_record(report: SiteReport, min_cohort: int = 1) -> ConfigRecord:
     )
 
 
-def save_weights_checkpoint(model: L.LightningModule, state: dict[str, torch.Tensor], path: Path, round_: int) -> None:
+def save_weights_checkpoint(hparams: dict[str, Any], state: dict[str, torch.Tensor], path: Path, round_: int) -> None:
     """A checkpoint `Model.load_from_checkpoint` reads: weights plus the model's hyperparameters."""
-    import lightning as L
     import torch
 
     torch.save(
         {
             "state_dict": state,
-            "hyper_parameters": dict(model.hparams),
-            "pytorch-lightning_version": L.__version__,
+            "hyper_parameters": dict(hparams),
+            "pytorch-lightning_version": version("lightning"),
             "epoch": round_,
             "global_step": round_,
         },
@@ -79,7 +78,6 @@ def save_weights_checkpoint(model: L.LightningModule, state: dict[str, torch.Ten
 class RoundKeeper:
     """Implements flip's RoundObserver and the end-of-round bookkeeping."""
 
-    model: L.LightningModule
     checkpoints: Path
     monitor: str
     monitor_mode: str
@@ -96,6 +94,8 @@ class RoundKeeper:
     # The latest global weights and their round: what a run stopped early keeps.
     last_state: dict[str, torch.Tensor] | None = None
     last_round: int = 0
+    # The model's hyperparameters, which every checkpoint carries (from the handshake).
+    hparams: dict[str, Any] = field(default_factory=dict)
     _task: Any = None
     _round_started: float = field(default_factory=time.perf_counter)
 
@@ -156,6 +156,8 @@ class RoundKeeper:
         now = time.perf_counter()
         if server_round > 0:  # training, aggregation and site evaluation of the round
             self.table.add(server_round, SERVER, "time", "round_s", now - self._round_started)
+        import torch  # noqa: F401  (Flower converts to tensors only once torch is loaded)
+
         state = arrays.to_torch_state_dict()
         self.last_state, self.last_round = state, server_round
         if self.server_evaluate is not None:
@@ -166,7 +168,7 @@ class RoundKeeper:
             self._round_started = time.perf_counter()
             return
         path = self.checkpoints / f"round_{server_round}.ckpt"
-        save_weights_checkpoint(self.model, state, path, server_round)
+        save_weights_checkpoint(self.hparams, state, path, server_round)
         value = self.monitored(server_round)
         if value is not None and (self.best_value is None or self._better(value, self.best_value)):
             self.best_round, self.best_value = server_round, value

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
@@ -13,7 +14,7 @@ from flwr.serverapp.strategy import Result
 from omegaconf import DictConfig
 
 from flip.errors import FlipError
-from flip.federation.client_app import CONFIG_KEY, DIGEST_KEY
+from flip.federation.client_app import CONFIG_KEY, DIGEST_KEY, INITIAL_MODEL_KEY, MODEL_KEY
 from flip.federation.keeper import RoundKeeper
 from flip.federation.shipping import pack_config
 from flip.federation.strategy import FlipSettings, SiteGrid, build_flip_strategy, error_summary
@@ -32,11 +33,22 @@ class ServerOutcome:
 
 
 @dataclass
+class SiteAnswers:
+    """What the handshake established: which site each node serves, and the run's starting model."""
+
+    node_to_site: dict[int, int]
+    initial_arrays: ArrayRecord
+    hparams: dict[str, Any]
+
+
+@dataclass
 class Handshake:
     """The server's question to every site: which site is this node, and does it accept the run?
 
     `announce` sends it and returns at once, so the sites check the config and their policy, and
-    load their training code, while the server prepares its own side; `sites` collects the answers.
+    load their training code, while the server prepares its own side; `answers` collects them.
+    The first node is also asked for the initial model, which every site would build alike from
+    the run's seed: so the server itself never loads Lightning unless it evaluates.
     """
 
     grid: Grid
@@ -53,13 +65,17 @@ class Handshake:
                 raise FlipError(f"only {len(nodes)} of {num_sites} sites connected within {timeout:.0f} s")
             time.sleep(0.1)
         queries = [
-            Message(RecordDict({"config": ConfigRecord(dict(shipped))}), dst_node_id=node, message_type=MessageType.QUERY)
+            Message(
+                RecordDict({"config": ConfigRecord({**shipped, INITIAL_MODEL_KEY: node == nodes[0]})}),
+                dst_node_id=node,
+                message_type=MessageType.QUERY,
+            )
             for node in nodes
         ]
         return cls(grid, num_sites, deadline, set(grid.push_messages(queries)))
 
-    def sites(self) -> dict[int, int]:
-        """node id -> site index, once every site answered; a clear error if any refused or stayed silent."""
+    def answers(self) -> SiteAnswers:
+        """The sites' answers, once every site gave one; a clear error if any refused or stayed silent."""
         replies: list[Message] = []
         while True:  # pulls at least once: the answers may all be in by now
             arrived = list(self.grid.pull_messages(self.pending))
@@ -68,17 +84,21 @@ class Handshake:
             if not self.pending or time.monotonic() > self.deadline:
                 break
             time.sleep(0.05)
-        mapping, problems = {}, []
+        mapping, problems, model = {}, [], None
         for reply in replies:
             if reply.has_error():
                 problems.append(error_summary(reply.error.reason, lines=1))
-            else:
-                mapping[reply.metadata.src_node_id] = int(reply.content["site"]["partition-id"])
+                continue
+            mapping[reply.metadata.src_node_id] = int(reply.content["site"]["partition-id"])
+            if MODEL_KEY in reply.content:
+                model = reply.content["arrays"], json.loads(str(reply.content[MODEL_KEY]["hparams"]))
+        if model is None and not problems:
+            problems.append("the first site sent no initial model")
         if problems or sorted(mapping.values()) != list(range(self.num_sites)):
             raise FlipError(
                 f"site handshake failed: got sites {sorted(mapping.values())} of {self.num_sites}; {'; '.join(problems)}"
             )
-        return mapping
+        return SiteAnswers(mapping, *model)
 
 
 def build_server_app(cfg: DictConfig, prepare: Callable[[], RoundKeeper], outcome: ServerOutcome) -> ServerApp:
@@ -93,15 +113,16 @@ def build_server_app(cfg: DictConfig, prepare: Callable[[], RoundKeeper], outcom
         shipped = {CONFIG_KEY: text, DIGEST_KEY: digest}
         handshake = Handshake.announce(grid, federation.num_sites, federation.round_timeout, shipped)
         outcome.keeper = keeper = prepare()
-        node_to_site = handshake.sites()
+        answers = handshake.answers()
+        keeper.hparams = answers.hparams
         plan = PrivacyPlan.from_config(cfg)
         settings = FlipSettings(cfg.seed, federation.min_successful_sites, keeper)
         weighting = {"weighted_by_key": UNIFORM_WEIGHT} if plan.uniform_weights else {}
         strategy = plan.wrap_strategy(build_flip_strategy(cfg.strategy, cfg.allowed_targets, settings, **weighting))
         try:
             outcome.result = strategy.start(
-                grid=SiteGrid(plan.wrap_grid(grid, federation.round_timeout), node_to_site, settings),
-                initial_arrays=ArrayRecord(keeper.model.state_dict()),
+                grid=SiteGrid(plan.wrap_grid(grid, federation.round_timeout), answers.node_to_site, settings),
+                initial_arrays=answers.initial_arrays,
                 num_rounds=federation.num_rounds,
                 timeout=federation.round_timeout,
                 train_config=ConfigRecord(dict(shipped)),

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from flip.console import console
+from flip.data import synthetic_root
 from flip.errors import FlipError
 from flip.federation.keeper import FEDERATED, SERVER, RoundKeeper, save_weights_checkpoint
 from flip.privacy.accounting import PrivacyLedger
@@ -86,22 +87,23 @@ def _server_evaluator(cfg: DictConfig):
     if not cfg.federation.server_eval_site:
         return None
     from flip.federation.site import evaluate_model, server_datamodule
+    from flip.training import configure_torch
 
+    configure_torch(cfg)
     return lambda state: evaluate_model(cfg, server_datamodule(cfg), state)
 
 
 def _server_side(cfg: DictConfig, checkpoints: Path, progress: Progress | None) -> RoundKeeper:
-    """The server's own start-up: torch, the initial model, its records and shared inputs.
+    """The server's own start-up: its records, its evaluation data and the shared inputs.
 
-    It runs in the ServerApp while the sites start theirs (Ray, site processes, their imports),
-    which is why the modules the driver imports before Flower starts load neither torch nor
-    Lightning (tests/federation/test_startup.py checks it).
+    It runs in the ServerApp while the sites start theirs (Ray, site processes, their imports).
+    The initial model comes from a site's handshake, so this side loads torch and Lightning only
+    to evaluate (`federation.server_eval_site`): on a small machine, the sites' start-up is the
+    longest path to round 1, and every CPU-second taken from it shows (tests/federation/test_startup.py).
     """
-    from flip.training import build_datamodule, build_model, configure_torch
+    import torch  # noqa: F401  (the keeper's checkpoints need it: loaded here, it overlaps the sites' start)
 
-    configure_torch(cfg)
     keeper = RoundKeeper(
-        model=build_model(cfg),
         checkpoints=checkpoints,
         monitor=cfg.monitor,
         monitor_mode=cfg.monitor_mode.name,
@@ -110,8 +112,9 @@ def _server_side(cfg: DictConfig, checkpoints: Path, progress: Progress | None) 
         progress=progress,
         ledger=PrivacyLedger(PrivacyPlan.from_config(cfg)),
     )
-    # Generate or fetch shared inputs once, here, before the sites' first round reads them.
-    build_datamodule(cfg).prepare_data()
+    # Generate shared inputs once, here, before the sites' first round reads them.
+    if cfg.data.get("root") is None and cfg.data.get("synthetic") is not None:
+        synthetic_root(cfg.data.synthetic, cfg.data.get("cache_dir"))
     return keeper
 
 
@@ -141,10 +144,8 @@ def run_simulation_mode(cfg: DictConfig, run_dir: Path) -> ModeResult:
         reason = outcome.stop_reason or "no round was aggregated (see the run log)"
         raise FlipError(f"the federation produced no model: {reason}")
     # The latest global model: the last round's, or the one before a round the budget forbade.
-    model = keeper.model
-    model.load_state_dict(keeper.last_state)
-    save_weights_checkpoint(model, model.state_dict(), checkpoints / "final.ckpt", keeper.last_round)
-    result = _mode_result(keeper, keeper.last_round, model_sha256(model.state_dict()))
+    save_weights_checkpoint(keeper.hparams, keeper.last_state, checkpoints / "final.ckpt", keeper.last_round)
+    result = _mode_result(keeper, keeper.last_round, model_sha256(keeper.last_state))
     result.stop_reason = outcome.stop_reason
     return result
 

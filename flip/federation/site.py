@@ -93,6 +93,16 @@ def _model_with(cfg: DictConfig, state: StateDict) -> L.LightningModule:
     return model
 
 
+def initial_model(cfg: DictConfig) -> tuple[StateDict, dict[str, Any]]:
+    """The run's starting weights, drawn from its seed alone, and the model's hyperparameters.
+
+    A site builds them for the server (the handshake), so the server needs no Lightning.
+    """
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = build_model(cfg)
+    return model.state_dict(), dict(model.hparams)
+
+
 def _dp_sgd(cfg: DictConfig, server_round: int, epsilon_cap: float | None) -> Callback | None:
     """Opacus DP-SGD for this round, when the run asks for it; accounts the rounds before it."""
     if cfg.privacy.mechanism != "dp_sgd":
