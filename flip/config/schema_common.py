@@ -52,4 +52,7 @@ class ClassifierConfig:
     num_classes: int = 2
     metrics: List[str] = field(default_factory=lambda: ["accuracy", "auroc", "f1"])
     optimizer: Dict[str, Any] = field(default_factory=lambda: adam(1e-3))
-    scheduler: Optional[Dict[str, Any]] = None
+    # A torch.optim.lr_scheduler (`_partial_: true`) stepped once an epoch; {} or null: none. In a
+    # federated run it runs over all rounds, as over all epochs of a local run. The default is {},
+    # not null: OmegaConf cannot merge a command-line `model.scheduler={...}` into a null node.
+    scheduler: Optional[Dict[str, Any]] = field(default_factory=dict)

@@ -8,6 +8,7 @@ site's files once, not every round.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +84,38 @@ class ProximalTerm(Callback):
                 parameter.grad.add_(parameter.detach() - self.global_state[name], alpha=self.mu)
 
 
+class ResumedSchedule(Callback):
+    """Moves the model's learning-rate schedulers to where round `server_round` begins.
+
+    Every round trains a fresh optimizer, whose scheduler would start the schedule anew. Stepped
+    on by the epochs (or steps) of the rounds before, it runs once over the whole federated run,
+    as it runs over all epochs of a local one: round r with one local epoch trains at the rate a
+    local run has in epoch r. `lr` is the rate the round starts at (the site reports it).
+    """
+
+    def __init__(self, server_round: int, local_epochs: int, local_steps: int | None):
+        self.rounds_before = server_round - 1
+        self.local_epochs = local_epochs
+        self.local_steps = local_steps
+        self.lr: float | None = None
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        batches = max(1, int(trainer.num_training_batches))
+        if self.local_steps is None:
+            epochs_before = self.rounds_before * self.local_epochs
+            steps_before = epochs_before * batches
+        else:
+            steps_before = self.rounds_before * self.local_steps
+            epochs_before = steps_before // batches
+        with warnings.catch_warnings():  # stepping before the first optimizer step is the point here
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            for config in trainer.lr_scheduler_configs:
+                done = epochs_before if config.interval == "epoch" else steps_before
+                for _ in range(done // config.frequency):
+                    config.scheduler.step()
+        self.lr = float(trainer.optimizers[0].param_groups[0]["lr"])
+
+
 def _seed(cfg: DictConfig, server_round: int, index: int) -> None:
     L.seed_everything(cfg.seed * 1_000_003 + server_round * 1_009 + index, workers=True, verbose=False)
 
@@ -130,7 +163,10 @@ def train_round(
     datamodule = site_datamodule(cfg, index)
     model = _model_with(cfg, global_state)
     federation = cfg.federation
-    callbacks = [ProximalTerm(global_state, proximal_mu)] if proximal_mu > 0 else []
+    schedule = ResumedSchedule(server_round, federation.local_epochs, federation.local_steps)
+    callbacks: list[Callback] = [schedule]
+    if proximal_mu > 0:
+        callbacks.append(ProximalTerm(global_state, proximal_mu))
     dp_sgd = _dp_sgd(cfg, server_round, epsilon_cap)
     if dp_sgd is not None:
         callbacks.append(dp_sgd)
@@ -147,6 +183,8 @@ def train_round(
     )
     trainer.fit(model, datamodule=datamodule)
     metrics = {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("train/")}
+    if schedule.lr is not None:
+        metrics["train/lr"] = schedule.lr
     if dp_sgd is not None:
         metrics.update({f"privacy/{key}": float(value) for key, value in dp_sgd.spent().items() if value is not None})
     return SiteReply(model.state_dict(), metrics, datamodule.split_sizes[0], SiteReport.from_datamodule(datamodule))

@@ -33,7 +33,7 @@ class Classifier(L.LightningModule):
         super().__init__()
         self.num_classes = num_classes
         self.optimizer_factory = optimizer or torch.optim.Adam
-        self.scheduler_factory = scheduler
+        self.scheduler_factory = scheduler or None  # {} from the config: none
         # ModuleDict keys must not shadow nn.Module attributes such as `train`.
         self.split_metrics = nn.ModuleDict(
             {f"{split}_metrics": classification_metrics(list(metrics), num_classes, f"{split}/") for split in SPLITS}

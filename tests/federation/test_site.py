@@ -11,7 +11,7 @@ from flip.config.recipes import resolve_recipe
 from flip.config.validate import validate
 from flip.errors import ConfigError, FlipError
 from flip.federation.shipping import pack_config, unpack_config
-from flip.federation.site import evaluate_round, train_round
+from flip.federation.site import evaluate_round, site_datamodule, train_round
 from flip.training import build_model
 from tests.conftest import FAST_OVERRIDES
 
@@ -49,6 +49,24 @@ def test_fedprox_term_keeps_local_weights_near_the_global_ones(cfg):
     free = train_round(cfg, 0, global_state, server_round=1, proximal_mu=0.0)
     held = train_round(cfg, 0, global_state, server_round=1, proximal_mu=50.0)
     assert _distance(held.state, global_state) < 0.5 * _distance(free.state, global_state)
+
+
+@pytest.mark.parametrize("local_steps", [None, 3])
+def test_a_learning_rate_schedule_runs_over_the_rounds_not_anew_in_each(local_steps):
+    step_lr = "{_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:1,gamma:0.5}"
+    per_step = "{_target_:torch.optim.lr_scheduler.ExponentialLR,_partial_:true,gamma:0.9}"
+    schedule_cfg = validate(resolve_recipe("dicom_synthetic_fedavg"), [
+        *SIM, "model.optimizer.lr=0.01", f"++model.scheduler={step_lr if local_steps is None else per_step}",
+        f"federation.local_steps={'null' if local_steps is None else local_steps}",
+    ])
+    global_state = build_model(schedule_cfg).state_dict()
+    rates = [train_round(schedule_cfg, 0, global_state, server_round=r).metrics["train/lr"] for r in (1, 2, 4)]
+    if local_steps is None:  # one local epoch a round: round r trains at the rate of epoch r
+        assert rates == pytest.approx([0.01, 0.005, 0.00125])
+    else:  # ExponentialLR steps once an epoch: the epochs the rounds before (3 steps each) completed
+        batches = min(len(site_datamodule(schedule_cfg, 0).train_dataloader()), schedule_cfg.trainer.limit_train_batches)
+        assert batches == 2  # trainer=debug: an epoch is 2 batches
+        assert rates == pytest.approx([0.01 * 0.9 ** ((r - 1) * local_steps // batches) for r in (1, 2, 4)])
 
 
 def test_evaluate_round_reports_val_and_test_with_counts(cfg):
