@@ -165,6 +165,9 @@ class SimulationFederationConfig:
     # Local training per round: whole epochs, or a fixed number of optimizer steps when set.
     local_epochs: int = 1
     local_steps: Optional[int] = None
+    # Each site carries its optimizer's state (e.g. Adam's moments) from its last round into the
+    # next, as a local run carries it from epoch to epoch; it never leaves the site.
+    keep_optimizer_state: bool = False
     # CPU share of each virtual site (sites run in parallel while CPUs last) and of the engine.
     cpus_per_site: float = 1.0
     total_cpus: Optional[int] = None

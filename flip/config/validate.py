@@ -128,7 +128,14 @@ _OPTIONS_CACHE: dict[tuple[Path, str], list[str]] = {}
 
 
 def _options(recipe: Path, names: list[str]) -> dict[str, list[str]]:
-    """Group options for each name (empty for value keys), looked up once per recipe and name."""
+    """Group options for each name (empty for value keys), looked up once per recipe and name.
+
+    A dotted name (`federation.num_sites`) is a key, never a group (groups nest with `/`), so
+    only the others are looked up: each lookup searches the config tree.
+    """
+    for name in names:
+        if "." in name:
+            _OPTIONS_CACHE.setdefault((recipe, name), [])
     missing = sorted({name for name in names if (recipe, name) not in _OPTIONS_CACHE})
     if missing:
         for name, found in compose.group_options(recipe, missing).items():

@@ -34,6 +34,7 @@ CONFIG_KEY = "flip-config"
 DIGEST_KEY = "flip-config-sha256"
 INITIAL_MODEL_KEY = "flip-initial-model"
 MODEL_KEY = "model"
+OPTIMIZER_STATE_KEY = "flip-optimizer-state"
 
 app = ClientApp()
 
@@ -139,6 +140,7 @@ def _private_train(message: Message, context: Context) -> Message:
 
 def _train(message: Message, context: Context, run: AcceptedRun) -> Message:
     config = message.content["config"]
+    kept = context.state.get(OPTIMIZER_STATE_KEY)  # Flower keeps a node's state between rounds
     reply = site_code(run.cfg).train_round(
         run.cfg,
         run.index,
@@ -146,7 +148,10 @@ def _train(message: Message, context: Context, run: AcceptedRun) -> Message:
         server_round=int(config["server-round"]),
         proximal_mu=float(config.get("proximal-mu", 0.0)),
         epsilon_cap=site_epsilon_cap(run.policy, run.plan),
+        optimizer_state=bytes(kept["state"]) if kept is not None else None,
     )
+    if reply.optimizer_state is not None:
+        context.state[OPTIMIZER_STATE_KEY] = ConfigRecord({"state": reply.optimizer_state})
     # QFedAvg reads the local loss under this key.
     return _reply(message, reply, run, {"train_loss": reply.metrics.get("train/loss", 0.0)})
 

@@ -7,6 +7,7 @@ site's files once, not every round.
 
 from __future__ import annotations
 
+import io
 import logging
 import warnings
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ class SiteReply:
     metrics: dict[str, float]
     num_examples: int
     report: SiteReport
+    # The optimizer state the site keeps for its next round (never sent).
+    optimizer_state: bytes | None = None
 
 
 def site_data_overrides(cfg: DictConfig, index: int) -> dict[str, Any]:
@@ -82,6 +85,30 @@ class ProximalTerm(Callback):
         for name, parameter in module.named_parameters():
             if parameter.grad is not None:
                 parameter.grad.add_(parameter.detach() - self.global_state[name], alpha=self.mu)
+
+
+class KeptOptimizerState(Callback):
+    """The site's optimizer state from its previous round (`federation.keep_optimizer_state`).
+
+    Only the per-parameter state (e.g. Adam's moments and step counts) is restored: the learning
+    rates stay the schedule's. `saved()` is this round's, for the next.
+    """
+
+    def __init__(self, previous: bytes | None):
+        self.previous = previous
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.optimizer = trainer.optimizers[0]
+        if self.previous:
+            state = self.optimizer.state_dict()
+            state["state"] = torch.load(io.BytesIO(self.previous), weights_only=True)
+            self.optimizer.load_state_dict(state)
+
+    def saved(self) -> bytes:
+        buffer = io.BytesIO()
+        torch.save(self.optimizer.state_dict()["state"], buffer)
+        return buffer.getvalue()
 
 
 class ResumedSchedule(Callback):
@@ -153,18 +180,21 @@ def train_round(
     server_round: int,
     proximal_mu: float = 0.0,
     epsilon_cap: float | None = None,
+    optimizer_state: bytes | None = None,
 ) -> SiteReply:
     """Local training of site `index` from the global weights; returns the new weights and metrics.
 
     `epsilon_cap` is the DP-SGD budget the site holds itself to (the run's or its policy's).
+    `optimizer_state` is the site's from its previous round, with `federation.keep_optimizer_state`.
     """
     quiet_lightning()
     _seed(cfg, server_round, index)
     datamodule = site_datamodule(cfg, index)
     model = _model_with(cfg, global_state)
     federation = cfg.federation
+    kept = KeptOptimizerState(optimizer_state) if federation.get("keep_optimizer_state") else None
     schedule = ResumedSchedule(server_round, federation.local_epochs, federation.local_steps)
-    callbacks: list[Callback] = [schedule]
+    callbacks: list[Callback] = [*([kept] if kept else []), schedule]
     if proximal_mu > 0:
         callbacks.append(ProximalTerm(global_state, proximal_mu))
     dp_sgd = _dp_sgd(cfg, server_round, epsilon_cap)
@@ -187,7 +217,8 @@ def train_round(
         metrics["train/lr"] = schedule.lr
     if dp_sgd is not None:
         metrics.update({f"privacy/{key}": float(value) for key, value in dp_sgd.spent().items() if value is not None})
-    return SiteReply(model.state_dict(), metrics, datamodule.split_sizes[0], SiteReport.from_datamodule(datamodule))
+    report = SiteReport.from_datamodule(datamodule)
+    return SiteReply(model.state_dict(), metrics, datamodule.split_sizes[0], report, kept.saved() if kept else None)
 
 
 def evaluate_model(cfg: DictConfig, datamodule: L.LightningDataModule, state: StateDict) -> dict[str, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 
 import pytest
 import torch
@@ -67,6 +68,20 @@ def test_a_learning_rate_schedule_runs_over_the_rounds_not_anew_in_each(local_st
         batches = min(len(site_datamodule(schedule_cfg, 0).train_dataloader()), schedule_cfg.trainer.limit_train_batches)
         assert batches == 2  # trainer=debug: an epoch is 2 batches
         assert rates == pytest.approx([0.01 * 0.9 ** ((r - 1) * local_steps // batches) for r in (1, 2, 4)])
+
+
+def test_a_site_can_carry_its_optimizer_state_into_its_next_round(cfg):
+    kept_cfg = validate(resolve_recipe("dicom_synthetic_fedavg"), [*SIM, "federation.keep_optimizer_state=true"])
+    global_state = build_model(kept_cfg).state_dict()
+    first = train_round(kept_cfg, 0, global_state, server_round=1)
+    moments = torch.load(io.BytesIO(first.optimizer_state), weights_only=True)
+    assert moments and all({"step", "exp_avg", "exp_avg_sq"} <= set(entry) for entry in moments.values())
+    carried = train_round(kept_cfg, 0, first.state, server_round=2, optimizer_state=first.optimizer_state)
+    fresh = train_round(kept_cfg, 0, first.state, server_round=2)
+    assert _distance(carried.state, fresh.state) > 0
+    steps = torch.load(io.BytesIO(carried.optimizer_state), weights_only=True)[0]["step"]
+    assert float(steps) == 2 * float(moments[0]["step"])  # Adam counted on from round 1
+    assert train_round(cfg, 0, global_state, server_round=1).optimizer_state is None  # off by default
 
 
 def test_evaluate_round_reports_val_and_test_with_counts(cfg):
