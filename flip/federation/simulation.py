@@ -94,7 +94,7 @@ def _server_evaluator(cfg: DictConfig):
 
 
 def _server_side(cfg: DictConfig, checkpoints: Path, progress: Progress | None) -> RoundKeeper:
-    """The server's own start-up: its records, its evaluation data and the shared inputs.
+    """The server's own start-up: its records, its evaluator and the shared inputs.
 
     It runs in the ServerApp while the sites start theirs (Ray, site processes, their imports).
     The initial model comes from a site's handshake, so this side loads torch and Lightning only
