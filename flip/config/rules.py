@@ -40,10 +40,13 @@ def _metrics(cfg: DictConfig) -> list[str]:
 
 
 def _model(cfg: DictConfig) -> list[str]:
+    problems = []
     pool = cfg.model.get("global_pool")
     if pool is not None and pool not in ("max", "avg"):
-        return [f"model.global_pool: must be max or avg, got '{pool}'"]
-    return []
+        problems.append(f"model.global_pool: must be max or avg, got '{pool}'")
+    if cfg.model.get("logit_adjustment", 0) < 0:
+        problems.append(f"model.logit_adjustment: must be 0 (off) or positive, got {cfg.model.logit_adjustment}")
+    return problems
 
 
 def _splits(cfg: DictConfig) -> list[str]:

@@ -56,3 +56,6 @@ class ClassifierConfig:
     # federated run it runs over all rounds, as over all epochs of a local run. The default is {},
     # not null: OmegaConf cannot merge a command-line `model.scheduler={...}` into a null node.
     scheduler: Optional[Dict[str, Any]] = field(default_factory=dict)
+    # Train on logits + logit_adjustment · log(the training split's class prior); 0: plain cross
+    # entropy. Each site uses its own prior, so label-skewed sites pull less apart.
+    logit_adjustment: float = 0.0

@@ -230,6 +230,11 @@ def _dp_sgd_problems(cfg: DictConfig, strategy: dict[str, Any]) -> list[str]:
         problems.append(
             "trainer.gradient_clip_val: DP-SGD clips each sample's gradient itself (privacy.clipping_norm); set it to null"
         )
+    adjustment = cfg.model.get("logit_adjustment")
+    if _is_number(adjustment) and adjustment != 0:
+        problems.append(
+            "model.logit_adjustment: it trains on the site's exact label counts, which DP-SGD does not protect; set it to 0"
+        )
     return problems
 
 

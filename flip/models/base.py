@@ -2,6 +2,11 @@
 
 A model subclasses `Classifier`, builds its network and defines `forward(*inputs)`; batches are
 `(*inputs, labels)`, so one-input and multi-input (multimodal) models train the same way.
+
+`logit_adjustment` (tau) trains on logits + tau·log(class prior of the training split), the
+logit-adjusted loss of Menon et al. (2021) that FedLC (Zhang et al., 2022) applies per site: a
+site whose labels are skewed then has no cause to shift the model towards its own prior, and
+predictions (raw logits) are for balanced classes.
 """
 
 from __future__ import annotations
@@ -22,6 +27,16 @@ def mlp_head(in_features: int, hidden: int, num_classes: int, dropout: float) ->
     return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
 
 
+def label_log_prior(datamodule: Any, num_classes: int) -> torch.Tensor:
+    """Log class frequencies of a data module's training split (plus one of each class, so an
+    absent class stays finite)."""
+    datasets = getattr(datamodule, "datasets", None) or {}
+    if "train" not in datasets:
+        raise ValueError("model.logit_adjustment needs a flip data module: it reads the training split's label counts")
+    counts = torch.bincount(datasets["train"].tensors[-1], minlength=num_classes).double() + 1.0
+    return (counts / counts.sum()).log().float()
+
+
 class Classifier(L.LightningModule):
     def __init__(
         self,
@@ -29,9 +44,14 @@ class Classifier(L.LightningModule):
         metrics: tuple[str, ...],
         optimizer: Optional[Callable[..., torch.optim.Optimizer]],
         scheduler: Optional[Callable[..., Any]],
+        logit_adjustment: float = 0.0,
     ):
         super().__init__()
         self.num_classes = num_classes
+        self.logit_adjustment = logit_adjustment
+        # log class frequencies of the training split, set when fitting with logit_adjustment
+        # (a plain attribute, not a buffer: it stays out of the weights a site sends)
+        self.label_log_prior: torch.Tensor | None = None
         self.optimizer_factory = optimizer or torch.optim.Adam
         self.scheduler_factory = scheduler or None  # {} from the config: none
         # ModuleDict keys must not shadow nn.Module attributes such as `train`.
@@ -39,10 +59,17 @@ class Classifier(L.LightningModule):
             {f"{split}_metrics": classification_metrics(list(metrics), num_classes, f"{split}/") for split in SPLITS}
         )
 
+    def on_fit_start(self) -> None:
+        if self.logit_adjustment:
+            self.label_log_prior = label_log_prior(self.trainer.datamodule, self.num_classes)
+
     def _step(self, batch: tuple[torch.Tensor, ...], split: str) -> torch.Tensor:
         *inputs, labels = batch
         logits = self(*inputs)
-        loss = nn.functional.cross_entropy(logits, labels)
+        trained = logits
+        if split == "train" and self.label_log_prior is not None:
+            trained = logits + self.logit_adjustment * self.label_log_prior.to(logits)
+        loss = nn.functional.cross_entropy(trained, labels)
         probabilities = logits.softmax(dim=-1)
         scores = probabilities[:, 1] if self.num_classes == 2 else probabilities
         self.split_metrics[f"{split}_metrics"].update(scores, labels)

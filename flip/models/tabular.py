@@ -31,8 +31,9 @@ class TabularClassifier(Classifier):
         metrics: tuple[str, ...] = ("accuracy", "auroc", "f1"),
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
+        logit_adjustment: float = 0.0,
     ):
-        super().__init__(num_classes, metrics, optimizer, scheduler)
+        super().__init__(num_classes, metrics, optimizer, scheduler, logit_adjustment)
         if in_features is None or in_features < 1:
             raise ValueError(
                 f"TabularClassifier needs in_features (the data's feature count), got {in_features}; "

@@ -51,8 +51,9 @@ class TextClassifier(Classifier):
         metrics: tuple[str, ...] = ("accuracy", "auroc", "f1"),
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
+        logit_adjustment: float = 0.0,
     ):
-        super().__init__(num_classes, metrics, optimizer, scheduler)
+        super().__init__(num_classes, metrics, optimizer, scheduler, logit_adjustment)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.num_buckets = num_buckets
         self.net = nn.Sequential(BagOfNgrams(num_buckets, embedding_dim), classifier_head(embedding_dim, hidden, num_classes, dropout))

@@ -25,8 +25,9 @@ class VolumeClassifier(Classifier):
         metrics: tuple[str, ...] = ("accuracy", "auroc", "f1"),
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
+        logit_adjustment: float = 0.0,
     ):
-        super().__init__(num_classes, metrics, optimizer, scheduler)
+        super().__init__(num_classes, metrics, optimizer, scheduler, logit_adjustment)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.net = nn.Sequential(
             conv_backbone(in_channels, list(channels), global_pool, spatial_dims=3),

@@ -4,16 +4,21 @@ The pooled synthetic DICOM data (all sites' images, root-level labels.csv) is sp
 by label skew (partition=dirichlet, alpha=0.5). FedAvg runs R rounds of 1 local epoch (each image
 is seen R times); the central run trains the same model on the pooled data for R epochs.
 
+Both train with the model's own optimizer (Adam), and each site keeps its optimizer state from
+round to round (federation.keep_optimizer_state), as the central run keeps it from epoch to
+epoch. Without it every round restarts Adam, whose first bias-corrected steps are about lr in
+every weight whatever the gradient: on class-skewed sites that pushes the model to the majority
+class, and at some seeds it never recovers (tuned as here but restarted each round, FedAvg scored
+0.963 / 0.933 / 0.824 at seeds 42-44).
+
 Each side gets the same small tuning budget, as in any fair comparison of training methods:
-SGD with every (learning rate, momentum) of GRID, the setting with the best validation accuracy
-kept (FedAvg: the example-weighted accuracy over the sites' validation splits; central: the
-pooled validation split). Adam is left out: its state restarts at every round, which drives
-class-skewed sites apart. This is done at each of three seeds (each seed draws its own
-Dirichlet split, patient splits and initial weights): with SGD from scratch either side may stay
-at the majority class for one seed and learn at another, so one setting kept for every seed
-would measure luck. The kept settings' mean test accuracies over the seeds are compared
-(FedAvg: over the sites' test splits, together a patient split of the pooled data). Prints every
-run, each seed's choices and last `fedavg_vs_central=<fedavg mean/central mean>` (target >= 0.95).
+every learning rate of GRID, the one with the best validation accuracy kept (FedAvg: the
+example-weighted accuracy over the sites' validation splits; central: the pooled validation
+split), at each of three seeds (each seed draws its own Dirichlet split, patient splits and
+initial weights), so one lucky seed decides nothing. The kept settings' mean test accuracies over
+the seeds are compared (FedAvg: over the sites' test splits, together a patient split of the
+pooled data). Prints every run, each seed's choices and last
+`fedavg_vs_central=<fedavg mean/central mean>` (target >= 0.95).
 Usage: python tests/benchmarks/fl_accuracy.py [ROUNDS]
 """
 
@@ -32,12 +37,11 @@ from flip.data.synthetic import ensure_synthetic_dicom
 
 SITES, SEED = 4, 42
 SEEDS = (SEED, SEED + 1, SEED + 2)
-GRID = [(lr, momentum) for momentum in (0.0, 0.9) for lr in (0.02, 0.1, 0.2)]
+GRID = (0.0005, 0.001, 0.002)  # Adam learning rates
 SYNTHETIC = {"num_sites": 4, "images_per_site": 240, "image_size": 64, "seed": 0}
 COMMON = [
     "data.site=null", "trainer.enable_progress_bar=false",
     *(f"data.synthetic.{key}={value}" for key, value in SYNTHETIC.items()),
-    "model.optimizer._target_=torch.optim.SGD",
 ]
 
 
@@ -52,19 +56,15 @@ def flip_run(recipe: str, overrides: list[str], work: Path, env: dict[str, str])
     (summary,) = set(work.glob(f"runs/*/*_{recipe}/summary.json")) - before
     summary = json.loads(summary.read_text())
     metrics = summary["metrics"]
-    print(f"{recipe} {' '.join(overrides[-3:])}: val {metrics['val/accuracy']:.4f} test {metrics['test/accuracy']:.4f} "
+    print(f"{recipe} {' '.join(overrides[-2:])}: val {metrics['val/accuracy']:.4f} test {metrics['test/accuracy']:.4f} "
           f"({time.perf_counter() - started:.0f}s)", flush=True)
     return summary
 
 
-def setting(lr: float, momentum: float, seed: int) -> list[str]:
-    return [f"seed={seed}", f"model.optimizer.lr={lr}", f"+model.optimizer.momentum={momentum}"]
-
-
-def tuned(recipe: str, overrides: list[str], seed: int, work: Path, env: dict[str, str]) -> tuple[tuple[float, float], dict]:
-    """The grid setting with the best validation accuracy at `seed`, and its run's summary."""
-    runs = {(lr, momentum): flip_run(recipe, [*overrides, *setting(lr, momentum, seed)], work, env) for lr, momentum in GRID}
-    best = max(runs, key=lambda grid_point: runs[grid_point]["metrics"]["val/accuracy"])
+def tuned(recipe: str, overrides: list[str], seed: int, work: Path, env: dict[str, str]) -> tuple[float, dict]:
+    """The learning rate with the best validation accuracy at `seed`, and its run's summary."""
+    runs = {lr: flip_run(recipe, [*overrides, f"seed={seed}", f"model.optimizer.lr={lr}"], work, env) for lr in GRID}
+    best = max(runs, key=lambda lr: runs[lr]["metrics"]["val/accuracy"])
     return best, runs[best]
 
 
@@ -77,7 +77,8 @@ def main() -> None:
         fedavg = {seed: tuned("dicom_synthetic_fedavg", [
             "partition=dirichlet", "partition.alpha=0.5", f"federation.num_sites={SITES}",
             "federation.server_eval_site=null", f"federation.num_rounds={rounds}", "federation.local_epochs=1",
-            "federation.local_steps=null", "strategy.fraction_train=1.0", "strategy.fraction_evaluate=1.0",
+            "federation.local_steps=null", "federation.keep_optimizer_state=true", "strategy.fraction_train=1.0",
+            "strategy.fraction_evaluate=1.0",
         ], seed, work, env) for seed in SEEDS}
         central = {seed: tuned("dicom_synthetic_local", [f"trainer.max_epochs={rounds}"], seed, work, env) for seed in SEEDS}
     print(f"rounds=epochs={rounds}")
@@ -85,8 +86,8 @@ def main() -> None:
         for site in fedavg[seed][1]["sites"]:
             print(f"  seed {seed} {site.get('site')}: splits {site.get('split_sizes')} labels {site.get('label_counts')}")
         for name, side in (("fedavg", fedavg), ("central", central)):
-            (lr, momentum), summary = side[seed]
-            print(f"seed {seed} {name}: lr {lr} momentum {momentum} test {summary['metrics']['test/accuracy']:.4f}")
+            lr, summary = side[seed]
+            print(f"seed {seed} {name}: lr {lr} test {summary['metrics']['test/accuracy']:.4f}")
     fed_mean = statistics.mean(fedavg[seed][1]["metrics"]["test/accuracy"] for seed in SEEDS)
     central_mean = statistics.mean(central[seed][1]["metrics"]["test/accuracy"] for seed in SEEDS)
     print(f"fedavg_test_accuracy={fed_mean:.4f}")
