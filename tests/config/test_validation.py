@@ -121,3 +121,13 @@ def test_keys_of_a_nested_schema_set_partly_in_a_recipe_can_be_overridden():
     assert config_problems(recipe, ["data.synthetic.imgs=40"]) == [
         "data.synthetic.imgs: unknown key (override 'data.synthetic.imgs=40')"
     ]
+
+
+def test_logit_adjustment_is_checked_and_kept_from_dp_sgd():
+    recipe = resolve_recipe("dicom_synthetic_fedavg")
+    assert config_problems(recipe, ["model.logit_adjustment=-0.5"]) == [
+        "model.logit_adjustment: must be 0 (off) or positive, got -0.5"
+    ]
+    assert config_problems(recipe, ["privacy=dp_sgd", "model.logit_adjustment=1.0"]) == [
+        "model.logit_adjustment: it trains on the site's exact label counts, which DP-SGD does not protect; set it to 0"
+    ]

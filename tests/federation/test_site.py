@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 
 import pytest
 import torch
@@ -82,6 +83,21 @@ def test_a_site_can_carry_its_optimizer_state_into_its_next_round(cfg):
     steps = torch.load(io.BytesIO(carried.optimizer_state), weights_only=True)[0]["step"]
     assert float(steps) == 2 * float(moments[0]["step"])  # Adam counted on from round 1
     assert train_round(cfg, 0, global_state, server_round=1).optimizer_state is None  # off by default
+
+
+def test_logit_adjustment_trains_on_the_sites_own_label_prior(cfg):
+    from flip.models.base import label_log_prior
+
+    adjusted_cfg = validate(resolve_recipe("dicom_synthetic_fedavg"), [*SIM, "model.logit_adjustment=1.0"])
+    datamodule = site_datamodule(adjusted_cfg, 0)
+    labels = datamodule.datasets["train"].tensors[-1].tolist()
+    expected = [math.log((labels.count(c) + 1) / (len(labels) + 2)) for c in (0, 1)]
+    assert label_log_prior(datamodule, 2).tolist() == pytest.approx(expected, rel=1e-6)
+    global_state = build_model(adjusted_cfg).state_dict()
+    adjusted = train_round(adjusted_cfg, 0, global_state, server_round=1)
+    plain = train_round(cfg, 0, global_state, server_round=1)
+    assert list(adjusted.state) == list(global_state)  # the prior never travels with the weights
+    assert _distance(adjusted.state, plain.state) > 0
 
 
 def test_evaluate_round_reports_val_and_test_with_counts(cfg):
