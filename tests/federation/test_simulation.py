@@ -27,7 +27,9 @@ def run_dirs(cwd: Path) -> list[Path]:
 
 
 def test_two_sites_two_rounds_fill_the_run_directory(tmp_path):
-    result = flip_run(tmp_path, "dicom_synthetic_fedavg", *SIM)
+    # With the label-skew options on: kept optimizer state goes through Flower's per-node state.
+    result = flip_run(tmp_path, "dicom_synthetic_fedavg", *SIM, "federation.keep_optimizer_state=true",
+                      "model.logit_adjustment=1.0")
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = run_dirs(tmp_path)
     summary = json.loads((run / "summary.json").read_text())
@@ -40,6 +42,8 @@ def test_two_sites_two_rounds_fill_the_run_directory(tmp_path):
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert {row["site"] for row in rows} == {"site-1", "site-2", "federated", "server"}
     assert {row["round"] for row in rows if row["site"] == "federated"} == {"1", "2"}
+    rates = {(row["round"], row["site"]) for row in rows if row["split"] == "train" and row["metric"] == "lr"}
+    assert rates == {(r, s) for r in ("1", "2") for s in ("site-1", "site-2")}
     round_times = {row["round"]: float(row["value"]) for row in rows if row["split"] == "time"}
     assert set(round_times) == {"1", "2"} and all(t > 0 for t in round_times.values())
     manifest = json.loads((run / "manifest.json").read_text())

@@ -11,7 +11,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 
 from flip.config.recipes import resolve_recipe
 from flip.config.validate import validate
-from flip.federation.client_app import CONFIG_KEY, DIGEST_KEY, app
+from flip.federation.client_app import CONFIG_KEY, DIGEST_KEY, OPTIMIZER_STATE_KEY, app
 from flip.federation.shipping import pack_config
 from flip.federation.strategy import WITHHELD
 from flip.privacy.policy import PolicyRefusal
@@ -23,15 +23,18 @@ ALLOWED_METRICS = ("train/", "val/", "test/", "privacy/")
 ALLOWED_PLAIN = {"num-examples", "train_loss", "dp-weight"}
 
 
-def site_call(monkeypatch, cfg, message_type: str, index: int = 0) -> Message:
+def site_context(index: int = 0) -> Context:
+    return Context(run_id=1, node_id=1, node_config={"partition-id": index, "num-partitions": 2}, state=RecordDict(), run_config={})
+
+
+def site_call(monkeypatch, cfg, message_type: str, index: int = 0, context: Context | None = None, server_round: int = 1) -> Message:
     """One instruction through flip's real ClientApp, as Flower delivers it to site `index`."""
     in_memory_grid(monkeypatch, 1)
     text, digest = pack_config(cfg)
-    config = ConfigRecord({CONFIG_KEY: text, DIGEST_KEY: digest, "server-round": 1})
+    config = ConfigRecord({CONFIG_KEY: text, DIGEST_KEY: digest, "server-round": server_round})
     arrays = ArrayRecord(build_model(cfg).state_dict())
     message = Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=1, message_type=message_type)
-    context = Context(run_id=1, node_id=1, node_config={"partition-id": index, "num-partitions": 2}, state=RecordDict(), run_config={})
-    return app(message, context)
+    return app(message, context or site_context(index))
 
 
 def data_root(cfg) -> Path:
@@ -113,3 +116,16 @@ def test_a_site_refuses_before_reading_its_data(monkeypatch, cfg, tmp_path):
     with pytest.raises(PolicyRefusal) as refusal:
         site_call(monkeypatch, strict, MessageType.TRAIN)
     assert str(refusal.value) == "site-1 refuses this run: policy.require_dp: this site requires differential privacy, the run uses no DP"
+
+
+def test_a_kept_optimizer_state_stays_in_the_sites_own_state(monkeypatch):
+    kept_cfg = validate(resolve_recipe("dicom_synthetic_fedavg"), [*SIM, "federation.keep_optimizer_state=true"])
+    context = site_context()
+    first = site_call(monkeypatch, kept_cfg, MessageType.TRAIN, context=context)
+    assert not first.has_error(), first.error
+    assert set(first.content.keys()) == {"arrays", "metrics", "site"}
+    assert OPTIMIZER_STATE_KEY in context.state  # kept by Flower for this node's next message
+    carried = site_call(monkeypatch, kept_cfg, MessageType.TRAIN, context=context, server_round=2)
+    fresh = site_call(monkeypatch, kept_cfg, MessageType.TRAIN, server_round=2)
+    carried_weights, fresh_weights = (reply.content["arrays"].to_torch_state_dict() for reply in (carried, fresh))
+    assert any(not carried_weights[key].equal(fresh_weights[key]) for key in fresh_weights)
