@@ -21,6 +21,7 @@ from flip.console import console
 from flip.data import synthetic_root
 from flip.errors import FlipError
 from flip.federation.keeper import FEDERATED, SERVER, RoundKeeper, save_weights_checkpoint
+from flip.interrupts import interrupts_reach_main_thread
 from flip.privacy.accounting import PrivacyLedger
 from flip.privacy.plan import PrivacyPlan
 from flip.results import model_sha256
@@ -132,7 +133,7 @@ def run_simulation_mode(cfg: DictConfig, run_dir: Path) -> ModeResult:
     shown = progress if cfg.trainer.enable_progress_bar else None
     outcome = ServerOutcome()
     log.info("simulating %d sites for %d rounds with %s", federation.num_sites, federation.num_rounds, cfg.strategy._target_)
-    with flower_sandbox() as scratch, progress:
+    with flower_sandbox() as scratch, progress, interrupts_reach_main_thread():
         run_simulation(
             server_app=build_server_app(cfg, partial(_server_side, cfg, checkpoints, shown), outcome),
             client_app=client_app,
