@@ -84,6 +84,7 @@ def run(cfg: DictConfig, run_dir: Path, recipe: Path | None = None) -> RunResult
         "metrics": result.metrics,
         "best_metrics": result.best_metrics,
         "sites": [asdict(site) for site in result.sites],
+        "site_metrics": result.site_metrics,
         "failures": result.failures,
         "withheld": result.withheld,
         "privacy": result.privacy,

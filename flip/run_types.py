@@ -47,3 +47,5 @@ class ModeResult:
     privacy: dict[str, Any] = field(default_factory=dict)
     # Why the run stopped before its last round (e.g. the privacy budget), if it did.
     stop_reason: str | None = None
+    # Federated runs: each site's own train/val/test metrics of the last round, by site name.
+    site_metrics: dict[str, dict[str, float]] = field(default_factory=dict)

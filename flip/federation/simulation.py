@@ -161,9 +161,10 @@ def _mode_result(keeper: RoundKeeper, rounds: int, digest: str) -> ModeResult:
             found.update({f"server:{k}": v for k, v in table.at_round(round_, split, SERVER).items()})
         return found
 
-    train = {}
-    for name in sorted({row[1] for row in table.rows if row[2] == "train"}):
-        train.update({f"{name}:{k}": v for k, v in table.at_round(rounds, "train", name).items()})
+    site_metrics: dict[str, dict[str, float]] = {}
+    for name in sorted({row[1] for row in table.rows} - {FEDERATED, SERVER}):
+        for split in ("train", "val", "test"):
+            site_metrics.setdefault(name, {}).update(table.at_round(rounds, split, name))
     return ModeResult(
         rounds=rounds,
         model_sha256=digest,
@@ -174,4 +175,5 @@ def _mode_result(keeper: RoundKeeper, rounds: int, digest: str) -> ModeResult:
         failures=keeper.failures,
         withheld=keeper.withheld,
         privacy=keeper.ledger.summary() if keeper.ledger else {},
+        site_metrics=site_metrics,
     )

@@ -37,6 +37,9 @@ def test_two_sites_two_rounds_fill_the_run_directory(tmp_path):
     assert [site["site"] for site in summary["sites"]] == ["site-1", "site-2"]
     assert {"val/auroc", "test/accuracy", "server:test/auroc"} <= set(summary["metrics"])
     assert summary["best_metrics"]["round"] in (1, 2)
+    assert set(summary["site_metrics"]) == {"site-1", "site-2"}
+    for metrics in summary["site_metrics"].values():
+        assert {"train/loss", "train/lr", "val/accuracy", "test/auroc"} <= set(metrics)
     for name in ("round_1.ckpt", "round_2.ckpt", "best.ckpt", "final.ckpt"):
         assert (run / "checkpoints" / name).is_file(), name
     rows = list(csv.DictReader((run / "metrics.csv").open()))
