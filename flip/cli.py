@@ -53,6 +53,11 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     name, overrides = _split_recipe(args.items)
     cfg = validate(resolve_recipe(name), overrides)
+    if args.hash:
+        from flip.federation.shipping import config_digest
+
+        print(config_digest(cfg))
+        return 0
     sys.stdout.write(OmegaConf.to_yaml(cfg, resolve=not args.raw))
     return 0
 
@@ -136,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("show", help="print the fully resolved config as YAML")
     show.add_argument("items", nargs="*", metavar="[RECIPE] [OVERRIDES]", help=items_help)
     show.add_argument("--raw", action="store_true", help="keep ${...} interpolations unresolved")
+    show.add_argument("--hash", action="store_true", help="print only the config sha256 a site sees (what a site approves)")
     show.set_defaults(handler=cmd_show)
 
     ls = commands.add_parser("ls", help="list recipes with what each does")

@@ -11,7 +11,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from flip.audit.manifest import now_iso, start_manifest
-from flip.config.allowlist import target_problems
+from flip.config.allowlist import AllowList, entry_problems, target_problems
 from flip.config.rules import rule_problems
 from flip.errors import ConfigError
 from flip.results import config_sha256, write_json
@@ -45,9 +45,18 @@ class RunResult:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """The cross-group rules and the allow-list, on an already composed config."""
+    """The cross-group rules and the allow-list, on an already composed config.
+
+    This machine builds every component of a local run, so each is resolved and checked now; a
+    simulation's driver builds only the strategy (and the model and data it evaluates on, which
+    are checked when built), while each simulated site checks the rest against its own settings.
+    """
     container = OmegaConf.to_container(cfg, resolve=True)
-    problems = rule_problems(cfg) + target_problems(container, cfg.allowed_targets)
+    allowed = AllowList.of(cfg.allowed_targets)
+    problems = rule_problems(cfg) + entry_problems(container.get("allowed_targets"), "allowed_targets")
+    problems += target_problems(container, allowed, resolve=cfg.federation.mode == "local")
+    if not problems and cfg.federation.mode != "local":
+        problems += target_problems({"strategy": container["strategy"]}, allowed, resolve=True)
     if problems:
         raise ConfigError(problems)
 

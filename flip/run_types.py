@@ -20,9 +20,10 @@ class SiteReport:
     label_counts: dict[str, int]
 
     @classmethod
-    def from_datamodule(cls, datamodule: Any) -> "SiteReport":
+    def from_datamodule(cls, datamodule: Any, name: str | None = None) -> "SiteReport":
+        """The report of a set-up data module, under the site's own name when one is given."""
         return cls(
-            site=datamodule.site_name,
+            site=name or datamodule.site_name,
             fingerprint=datamodule.fingerprint,
             found=datamodule.num_items_found,
             skipped=len(datamodule.skipped),

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback, RichProgressBar
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
-from flip.config.allowlist import safe_instantiate
+from flip.config.allowlist import AllowList, safe_instantiate
 from flip.results import MetricsTable
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def quiet_lightning() -> None:
 
 
 def build_datamodule(cfg: DictConfig, **overrides: Any) -> L.LightningDataModule:
-    return safe_instantiate(cfg.data, cfg.allowed_targets, "data", **overrides)
+    return safe_instantiate(cfg.data, AllowList.of(cfg.allowed_targets), "data", **overrides)
 
 
 def build_model(cfg: DictConfig) -> L.LightningModule:
@@ -52,7 +52,7 @@ def build_model(cfg: DictConfig) -> L.LightningModule:
         extra["in_features"] = num_features(cfg.data)
     if "tabular_features" in cfg.model and cfg.model.tabular_features is None and cfg.data.get("tabular"):
         extra["tabular_features"] = num_features(cfg.data.tabular)
-    return safe_instantiate(cfg.model, cfg.allowed_targets, "model", **extra)
+    return safe_instantiate(cfg.model, AllowList.of(cfg.allowed_targets), "model", **extra)
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[Callback], logger: Logger | bool, **overrides: Any) -> L.Trainer:

@@ -77,3 +77,33 @@ def in_memory_grid(monkeypatch: pytest.MonkeyPatch, num_nodes: int):
     monkeypatch.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)
     monkeypatch.setattr(TaskIdentity, "_task_id", run.primary_task_id)
     return grid
+
+
+def simulated_sites(cfg) -> list[dict]:
+    """The settings flip's simulation writes for each site of `cfg`."""
+    from flip.federation.simulated_sites import simulated_site_names, simulated_site_settings
+
+    return simulated_site_settings(cfg, simulated_site_names(cfg))
+
+
+def at_site(cfg, index: int = 0):
+    """(config, settings) that site `index` of a simulation of `cfg` runs with, through the site's
+    real acceptance of the shipped config."""
+    from flip.federation.shipping import pack_config
+    from flip.federation.site_config import SiteSettings
+    from flip.federation.trust import accept_run
+
+    raw = simulated_sites(cfg)[index]
+    run = accept_run(*pack_config(cfg), SiteSettings.from_mapping(raw, raw["name"]))
+    return run.cfg, run.site
+
+
+def site_node_context(cfg, index: int, folder: Path):
+    """A Flower Context for the node of site `index`, its settings file written as a simulation does."""
+    from flwr.app import Context, RecordDict
+
+    from flip.federation.simulated_sites import write_site_files
+
+    write_site_files(folder, simulated_sites(cfg))
+    node_config = {"site-config": str(folder / f"{index}.json")}
+    return Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config={})

@@ -42,8 +42,8 @@ def test_validate_reports_every_problem_on_stderr_with_exit_2(tmp_path):
         "flip: invalid config (bad.yaml): 3 problem(s)",
         "  - data.roott: unknown key (did you mean 'root'?) (override 'data.roott=/x')",
         "  - trainer.max_epochs: expected an int, got 'many'",
-        "  - model.optimizer._target_: 'builtins.eval' is not on the allow-list (flip.*, flwr.serverapp.strategy.*, "
-        "torch.optim.*, torch.optim.lr_scheduler.*); add a pattern under allowed_targets to trust it",
+        "  - model.optimizer._target_: 'builtins.eval' is not an allowed optimizer (allowed: a class in torch.optim, "
+        "and what the builder lists in its own allowed_targets) (rule: allow-list)",
     ]
     assert "Traceback" not in result.stderr
 

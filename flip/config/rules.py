@@ -110,10 +110,9 @@ def _federation(cfg: DictConfig) -> list[str]:
 
 
 def _sites(cfg: DictConfig) -> list[str]:
-    """Simulated sites' own settings: known site names, and policies that match their schema."""
-    from flip.config.schema_privacy import MECHANISMS, SitePolicy
-    from flip.config.validate import check_node
-    from flip.federation.site_config import POLICY, sites_mapping
+    """Simulated sites' own settings: known site names, and settings that match their schema."""
+    from flip.config.schema_site import site_settings_problems
+    from flip.federation.simulated_sites import sites_mapping, static_site_names
 
     federation = cfg.federation
     if federation.mode == "local":
@@ -122,23 +121,17 @@ def _sites(cfg: DictConfig) -> list[str]:
         sites = sites_mapping(federation)
     except ConfigError as error:
         return error.problems
-    names = [f"site-{i + 1}" for i in range(federation.num_sites)]
     problems = []
+    try:
+        names = static_site_names(cfg) if sites else None
+    except ConfigError as error:
+        names, problems = None, error.problems
     for name, settings in sites.items():
         key = f"federation.sites.{name}"
-        if name not in names:
-            problems.append(f"{key}: no such site in a {federation.num_sites}-site run (sites are {names[0]} .. {names[-1]})")
+        if names is not None and name not in names:
+            problems.append(f"{key}: no such site in this run (its sites: {', '.join(names)})")
             continue
-        policy = (settings or {}).get(POLICY)
-        if policy is None:
-            continue
-        if not isinstance(policy, dict):
-            problems.append(f"{key}.{POLICY}: must be a mapping, got {policy!r}")
-            continue
-        problems += check_node(policy, SitePolicy, f"{key}.{POLICY}")
-        for mechanism in policy.get("allowed_mechanisms") or []:
-            if mechanism not in MECHANISMS:
-                problems.append(f"{key}.{POLICY}.allowed_mechanisms: '{mechanism}' is not a privacy mechanism")
+        problems += site_settings_problems(settings, key)
     return problems
 
 

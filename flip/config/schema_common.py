@@ -18,6 +18,12 @@ class SyntheticDataConfig:
     seed: int = 0
 
 
+# Data keys that say where a site's data is: only the site's own settings set them.
+SITE_PATH_KEYS = ("root", "site", "cache_dir")
+# Data keys that name paths inside the site's data folder: a received config may not leave it.
+SITE_RELATIVE_PATH_KEYS = ("labels", "dicom_dir", "notes_dir", "file", "fhir_dir")
+
+
 @dataclass
 class SiteDataConfig:
     """Keys of every data source: where a site's data is, how it is split and batched."""

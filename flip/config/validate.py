@@ -2,7 +2,8 @@
 
 Hydra stops at the first bad key or override. flip composes the recipe leniently (schemas
 replaced by markers), applies value overrides itself, and checks the result against the same
-dataclass schemas, the rules that span groups and the `_target_` allow-list. Only a config
+dataclass schemas, the rules that span groups and the `_target_` allow-list (placement and
+names; the objects are resolved when a component is built). Only a config
 with no problem is then composed strictly and handed to the runner.
 """
 
@@ -24,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from flip.config import compose, schema
-from flip.config.allowlist import target_problems
+from flip.config.allowlist import AllowList, entry_problems, target_problems
 from flip.config.rules import rule_problems
 from flip.errors import ConfigError
 
@@ -97,7 +98,9 @@ def config_problems(recipe: Path, overrides: list[str]) -> list[str]:
     problems += resolve_errors
     problems += schema_problems(resolved, interpolated)
     problems += rule_problems(OmegaConf.create(strip_markers(resolved)))
-    problems += target_problems(resolved, resolved.get("allowed_targets") or ())
+    allowed = resolved.get("allowed_targets")
+    problems += entry_problems(allowed, "allowed_targets")
+    problems += target_problems(resolved, AllowList.of(allowed if isinstance(allowed, list) else ()))
     return problems
 
 
@@ -299,7 +302,7 @@ def _check_value(value: Any, hint: Any, probe: DictConfig, key: str, full: str, 
     inner, optional = _unwrap_optional(hint)
     if value == _MISSING:
         return [f"{full}: missing value"]
-    if key in GROUPS and isinstance(value, dict):
+    if key in GROUPS and full == key and isinstance(value, dict):  # a config group of the root config
         marker = value.get(schema.SCHEMA_MARKER)
         if marker is None:
             return [f"{full}: option has no schema (its file must extend /schema/{key}/<name>@_here_)"]

@@ -1,4 +1,4 @@
-"""Data sources: a DICOM folder data module and a synthetic multi-site DICOM generator."""
+"""Data sources (DICOM, FHIR, clinical text, their join) and flip's synthetic multi-site data set."""
 
 from __future__ import annotations
 
@@ -17,6 +17,16 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "flip"
 
 
+def synthetic_site_name(index: int) -> str:
+    """The folder (and name) of site `index` (1-based) of flip's synthetic data set."""
+    return f"site-{index}"
+
+
+def synthetic_site_names(num_sites: int) -> list[str]:
+    """The site folders of flip's synthetic data set, in order."""
+    return [synthetic_site_name(index) for index in range(1, num_sites + 1)]
+
+
 def synthetic_root(synthetic: Mapping[str, Any], cache_dir: str | Path | None = None) -> Path:
     """flip's generated data set for `synthetic` parameters, made in its cache on first use."""
     from flip.data.synthetic import ensure_synthetic_dicom
@@ -24,4 +34,4 @@ def synthetic_root(synthetic: Mapping[str, Any], cache_dir: str | Path | None = 
     return ensure_synthetic_dicom(cache_dir or default_cache_dir(), **synthetic)
 
 
-__all__ = ["default_cache_dir", "synthetic_root"]
+__all__ = ["default_cache_dir", "synthetic_root", "synthetic_site_name", "synthetic_site_names"]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from flip.data.partition import partition_indices, partition_names
+from flip.data.partition import natural_key, partition_indices, partition_names
 
 log = logging.getLogger("flip.data")
 SPLITS = ("train", "val", "test")
@@ -74,8 +74,8 @@ class SiteDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.min_samples = min_samples
-        # One part of a split data set: kind, source, name, alpha, min_size, seed, index,
-        # num_partitions, exclude (site folders that are not federation members).
+        # One part of a pooled data set: kind, source, name, alpha, min_size, seed, and either
+        # the site's `group` (by_site from a column or attribute) or its index of num_partitions.
         self.partition = dict(partition) if partition is not None else None
         self.synthetic = dict(synthetic) if synthetic is not None else None
         self.cache_dir = cache_dir
@@ -123,8 +123,6 @@ class SiteDataModule(L.LightningDataModule):
     def site_dir(self) -> Path:
         """The folder holding this site's data."""
         root = self.root = self.resolve_root()
-        if self.site is None and self._partition_by_folder():
-            self.site = self._partition_folder(root)
         site_dir = root / self.site if self.site else root
         if not site_dir.is_dir():
             raise FileNotFoundError(f"data folder not found: {site_dir}")
@@ -138,7 +136,7 @@ class SiteDataModule(L.LightningDataModule):
         self.site_name = self.site or site_dir.name
         self.skipped = []
         items = self.load_items(site_dir)
-        if self.partition is not None and not self._partition_by_folder():
+        if self.partition is not None:
             items = self._partition_items(items)
         if len(items) < self.min_samples:
             raise ValueError(
@@ -173,40 +171,30 @@ class SiteDataModule(L.LightningDataModule):
             self.datasets[split], batch_size=self.batch_size, shuffle=shuffle, generator=generator, num_workers=self.num_workers
         )
 
-    def _partition_by_folder(self) -> bool:
-        partition = self.partition
-        return partition is not None and partition["kind"] == "by_site" and partition.get("source") == "folder"
-
-    def _partition_folder(self, root: Path) -> str:
-        """The site folder of partition `index`: sorted sub-folders of root, excluded ones aside."""
-        exclude = set(self.partition.get("exclude") or ())
-        folders = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name not in exclude)
-        index, wanted = self.partition["index"], self.partition["num_partitions"]
-        if len(folders) < wanted:
-            raise ValueError(f"by_site partition: {root} has {len(folders)} site folder(s) {folders} for {wanted} sites")
-        return folders[index]
+    def site_groups(self) -> list[str]:
+        """The site names a `by_site` column or attribute gives this data set, in natural order."""
+        return sorted({item.group for item in self.load_items(self.site_dir())}, key=natural_key)
 
     def _partition_items(self, items: list[Item]) -> list[Item]:
-        """This site's share of a pooled data set (iid, dirichlet, quantity, or by a column/attribute).
-
-        Patients are partitioned, not items, so no patient's data is spread over two sites.
-        """
+        """This site's share of a pooled data set: the items its `by_site` group names, or its
+        part of an iid, dirichlet or quantity split (of patients, so no patient is at two sites)."""
         partition = self.partition
+        if partition["kind"] == "by_site":
+            self.site_name = partition["group"]
+            return [item for item in items if item.group == partition["group"]]
         by_patient: dict[str, list[Item]] = defaultdict(list)
         for item in items:
             by_patient[item.patient].append(item)
         patients = sorted(by_patient)
-        groups = [by_patient[p][0].group for p in patients] if partition["kind"] == "by_site" else None
         parts = partition_indices(
             partition["kind"],
             labels=[max(item.label for item in by_patient[p]) for p in patients],
             num_partitions=partition["num_partitions"],
             seed=partition["seed"],
             alpha=partition.get("alpha", 0.5),
-            groups=groups,
             min_size=partition.get("min_size", 1),
         )
-        self.site_name = partition_names(partition["kind"], partition["num_partitions"], groups)[partition["index"]]
+        self.site_name = partition_names(partition["kind"], partition["num_partitions"])[partition["index"]]
         return [item for i in parts[partition["index"]] for item in by_patient[patients[i]]]
 
 

@@ -29,12 +29,15 @@ class SiteInventory:
 
 
 def site_overrides(cfg: DictConfig) -> list[dict[str, Any]]:
-    """The data settings of every site, exactly as `flip run` gives them to each site."""
+    """The data settings of every site, exactly as `flip run` gives them to each simulated site."""
     if cfg.federation.mode == "local":
         return [{}]
-    from flip.federation.site import site_data_overrides
+    from flip.federation.simulated_sites import simulated_site_names, simulated_site_settings
 
-    sites = [site_data_overrides(cfg, index) for index in range(cfg.federation.num_sites)]
+    sites = []
+    for site in simulated_site_settings(cfg, simulated_site_names(cfg)):
+        own_root = site["data"].get("root") is not None and "synthetic" in cfg.data
+        sites.append({**site["data"], **({"synthetic": None} if own_root else {}), "partition": site["partition"]})
     server_site = cfg.federation.get("server_eval_site")
     return [*sites, {"site": server_site}] if server_site else sites
 
@@ -51,9 +54,10 @@ def inspect_sites(cfg: DictConfig, require_labels: bool = True) -> list[SiteInve
 
 def _label_flag(cfg: DictConfig, require_labels: bool) -> dict[str, bool]:
     """Sources that can read unlabelled data get `require_labels`; others must have labels."""
-    from hydra.utils import get_class
+    from flip.config.allowlist import AllowList, Kind, checked_class
 
-    parameters = pyinspect.signature(get_class(cfg.data._target_)).parameters
+    source = checked_class("data._target_", Kind.DATA, cfg.data._target_, AllowList.of(cfg.allowed_targets))
+    parameters = pyinspect.signature(source).parameters
     return {"require_labels": require_labels} if "require_labels" in parameters else {}
 
 

@@ -4,13 +4,14 @@ Kinds:
     iid        shuffle, then deal into near-equal parts.
     dirichlet  label skew: each class is spread over the sites by Dirichlet(alpha) proportions.
     quantity   size skew: site sizes follow Dirichlet(alpha) proportions.
-    by_site    one site per distinct value of ``groups`` (e.g. InstitutionName), in sorted order.
+    by_site    one site per distinct value of ``groups`` (e.g. InstitutionName), in natural order.
 
 Smaller ``alpha`` means stronger skew; the same arguments always give the same partitions.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 
@@ -18,6 +19,11 @@ import numpy as np
 
 KINDS = ("iid", "dirichlet", "quantity", "by_site")
 MAX_DIRICHLET_ATTEMPTS = 100
+
+
+def natural_key(name: str) -> list:
+    """Sort key that puts site-2 before site-10: digit runs compare as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def partition_indices(
@@ -45,7 +51,7 @@ def partition_indices(
 
 
 def partition_names(kind: str, num_partitions: int, groups: Sequence[str] | None = None) -> list[str]:
-    """Site names: the sorted distinct groups for ``by_site``, else ``site-1`` .. ``site-N``."""
+    """Site names: the distinct groups in natural order for ``by_site``, else ``site-1`` .. ``site-N``."""
     _check_kind(kind)
     _check_num_partitions(num_partitions)
     if kind == "by_site":
@@ -144,7 +150,7 @@ def _cut_points(proportions: np.ndarray, total: int) -> np.ndarray:
 
 
 def _by_site(groups: Sequence[str] | None, num_partitions: int) -> list[list[int]]:
-    """One partition per distinct group value, in sorted order."""
+    """One partition per distinct group value, in natural order."""
     sites = _site_names(groups, num_partitions)
     members: dict[str, list[int]] = {site: [] for site in sites}
     for index, group in enumerate(groups):
@@ -153,10 +159,10 @@ def _by_site(groups: Sequence[str] | None, num_partitions: int) -> list[list[int
 
 
 def _site_names(groups: Sequence[str] | None, num_partitions: int) -> list[str]:
-    """Sorted distinct groups, checked to number exactly ``num_partitions``."""
+    """Distinct groups in natural order, checked to number exactly ``num_partitions``."""
     if groups is None:
         raise ValueError("by_site partition needs groups: one site name per item")
-    sites = sorted(set(groups))
+    sites = sorted(set(groups), key=natural_key)
     if len(sites) != num_partitions:
         raise ValueError(
             f"by_site partition: num_partitions is {num_partitions} but groups name "

@@ -26,6 +26,7 @@ import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID, ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from flip.data import synthetic_site_name
 from flip.data.synthetic_fhir import DISTRACTORS, INDEX_DATE, LABEL_CONDITION, LABS, LOINC, SNOMED, write_fhir
 from flip.data.synthetic_notes import make_notes, site_style, write_notes
 
@@ -132,7 +133,7 @@ def _make_site(site_index: int, images_per_site: int, image_size: int, seed: int
     rng = _site_rng(seed, site_index, "profile")
     return Site(
         index=site_index,
-        name=f"site-{site_index}",
+        name=synthetic_site_name(site_index),
         institution=f"Synthetic Hospital {site_index}",
         num_images=max(1, round(images_per_site * rng.uniform(0.6, 1.4))),
         prevalence=_rounded(rng.uniform(0.3, 0.6)),

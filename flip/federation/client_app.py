@@ -1,4 +1,5 @@
-"""flip's Flower ClientApp: checks the config and the site's own policy, then calls the plain site functions.
+"""flip's Flower ClientApp: the site's own settings accept the run (`flip.federation.trust`), then
+the plain site functions do the work.
 
 The module itself loads no torch or Lightning: the simulation driver imports it before Flower
 starts, and a deployment's `flwr-clientapp` process pays for the training code only when a
@@ -8,7 +9,6 @@ message needs it. The handshake loads it, so a site that cannot fails before rou
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from functools import partial
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -16,15 +16,12 @@ from typing import TYPE_CHECKING
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.client.mod.utils import make_ffn
 from flwr.clientapp import ClientApp
-from omegaconf import DictConfig
 
-from flip.config.schema_privacy import SitePolicy
 from flip.federation.keeper import site_record
-from flip.federation.shipping import unpack_config
-from flip.federation.site_config import site_key, site_settings
+from flip.federation.site_config import node_site_settings
 from flip.federation.strategy import WITHHELD
-from flip.privacy.plan import PrivacyPlan
-from flip.privacy.policy import PolicyRefusal, policy_refusals, site_epsilon_cap, site_policy
+from flip.federation.trust import AcceptedRun, accept_run
+from flip.privacy.policy import site_epsilon_cap
 from flip.privacy.secagg import is_secagg_message, secagg_train
 
 if TYPE_CHECKING:
@@ -39,54 +36,30 @@ OPTIMIZER_STATE_KEY = "flip-optimizer-state"
 app = ClientApp()
 
 
-@dataclass
-class AcceptedRun:
-    """A run this site has checked and agreed to serve."""
-
-    cfg: DictConfig
-    index: int
-    policy: SitePolicy
-    plan: PrivacyPlan
-
-
-def site_index(context: Context) -> int:
-    """The site a node serves: Flower's partition id (simulation, or a SuperNode's --node-config)."""
-    return int(context.node_config["partition-id"])
-
-
-def received_config(message: Message) -> DictConfig:
+def accepted_run(message: Message, context: Context) -> AcceptedRun:
+    """The run in `message`, once this node's own site settings accept it; before any data is read."""
+    site = node_site_settings(context.node_config)
     config = message.content["config"]
-    return unpack_config(str(config[CONFIG_KEY]), str(config[DIGEST_KEY]))
+    return accept_run(str(config[CONFIG_KEY]), str(config[DIGEST_KEY]), site)
 
 
-def site_code(cfg: DictConfig) -> ModuleType:
+def site_code(run: AcceptedRun) -> ModuleType:
     """flip's site functions (`flip.federation.site`), loaded on first use, with torch held to
     this site's CPU share (oversubscribed threads make every step slower)."""
     import torch
 
     from flip.federation import site
 
-    torch.set_num_threads(max(1, int(cfg.federation.cpus_per_site)))
+    if run.site.cpus:
+        torch.set_num_threads(max(1, int(run.site.cpus)))
     return site
-
-
-def accepted_run(message: Message, context: Context) -> AcceptedRun:
-    """The run in `message`, once its config and this site's policy allow it; before any data is read."""
-    cfg = received_config(message)
-    index = site_index(context)
-    policy = site_policy(site_settings(cfg, index, context.node_config), site_key(index))
-    plan = PrivacyPlan.from_config(cfg)
-    refusals = policy_refusals(policy, plan, int(cfg.federation.num_rounds))
-    if refusals:
-        raise PolicyRefusal(f"{site_key(index)} refuses this run: {'; '.join(refusals)}")
-    return AcceptedRun(cfg, index, policy, plan)
 
 
 def _reply(message: Message, reply: SiteReply, run: AcceptedRun, extra: dict[str, float]) -> Message:
     content = RecordDict(
         {
             "metrics": MetricRecord({"num-examples": reply.num_examples, **reply.metrics, **run.plan.reply_weights(), **extra}),
-            "site": site_record(reply.report, run.policy.min_cohort),
+            "site": site_record(reply.report, run.site.policy.min_cohort),
         }
     )
     if reply.state is not None:
@@ -100,7 +73,7 @@ def _withheld(message: Message, reason: str) -> Message:
 
 
 def _small_splits(run: AcceptedRun, splits: dict[str, int]) -> str | None:
-    k = run.policy.min_cohort
+    k = run.site.policy.min_cohort
     small = [f"{n} {split}" for split, n in splits.items() if n < k]
     return f"{', '.join(small)} sample(s), fewer than the site's policy.min_cohort={k}" if small else None
 
@@ -113,8 +86,8 @@ def identify(message: Message, context: Context) -> Message:
     asked for it (`INITIAL_MODEL_KEY`) also sends the run's initial weights and hyperparameters.
     """
     run = accepted_run(message, context)
-    site = site_code(run.cfg)
-    content = RecordDict({"site": ConfigRecord({"partition-id": site_index(context)})})
+    site = site_code(run)
+    content = RecordDict({"site": ConfigRecord({"name": run.site.name})})
     if message.content["config"].get(INITIAL_MODEL_KEY, False):
         state, hparams = site.initial_model(run.cfg)
         content["arrays"] = ArrayRecord(state)
@@ -132,7 +105,7 @@ def train(message: Message, context: Context) -> Message:
 def _private_train(message: Message, context: Context) -> Message:
     """The privacy plan's client mods around the site's training."""
     run = accepted_run(message, context)
-    n_train = site_code(run.cfg).site_datamodule(run.cfg, run.index).split_sizes[0]
+    n_train = site_code(run).site_datamodule(run.cfg, run.site).split_sizes[0]
     if reason := _small_splits(run, {"train": n_train}):
         return _withheld(message, reason)
     return make_ffn(partial(_train, run=run), run.plan.train_mods())(message, context)
@@ -141,13 +114,13 @@ def _private_train(message: Message, context: Context) -> Message:
 def _train(message: Message, context: Context, run: AcceptedRun) -> Message:
     config = message.content["config"]
     kept = context.state.get(OPTIMIZER_STATE_KEY)  # Flower keeps a node's state between rounds
-    reply = site_code(run.cfg).train_round(
+    reply = site_code(run).train_round(
         run.cfg,
-        run.index,
+        run.site,
         message.content["arrays"].to_torch_state_dict(),
         server_round=int(config["server-round"]),
         proximal_mu=float(config.get("proximal-mu", 0.0)),
-        epsilon_cap=site_epsilon_cap(run.policy, run.plan),
+        epsilon_cap=site_epsilon_cap(run.site.policy, run.plan),
         optimizer_state=bytes(kept["state"]) if kept is not None else None,
     )
     if reply.optimizer_state is not None:
@@ -159,9 +132,9 @@ def _train(message: Message, context: Context, run: AcceptedRun) -> Message:
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
     run = accepted_run(message, context)
-    site = site_code(run.cfg)
-    _, n_val, n_test = site.site_datamodule(run.cfg, run.index).split_sizes
+    site = site_code(run)
+    _, n_val, n_test = site.site_datamodule(run.cfg, run.site).split_sizes
     if reason := _small_splits(run, {"val": n_val, "test": n_test}):
         return _withheld(message, reason)
-    reply = site.evaluate_round(run.cfg, run.index, message.content["arrays"].to_torch_state_dict())
+    reply = site.evaluate_round(run.cfg, run.site, message.content["arrays"].to_torch_state_dict())
     return _reply(message, reply, run, {})

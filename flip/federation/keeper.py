@@ -96,12 +96,13 @@ class RoundKeeper:
     last_round: int = 0
     # The model's hyperparameters, which every checkpoint carries (from the handshake).
     hparams: dict[str, Any] = field(default_factory=dict)
+    # Every site's own name, by its index (from the handshake).
+    site_names: list[str] = field(default_factory=list)
     _task: Any = None
     _round_started: float = field(default_factory=time.perf_counter)
 
     def name(self, site: int) -> str:
-        report = self.sites.get(site)
-        return report.site if report else f"site-{site + 1}"
+        return self.site_names[site]
 
     # -- RoundObserver
 

@@ -1,28 +1,40 @@
-"""The resolved config travels to sites as one YAML string plus its sha256.
+"""The run's config travels to sites as one canonical JSON text plus its sha256.
 
-The server marks every node with the schema it was validated against; a site checks the hash,
-then re-runs the same schema checks, rules and `_target_` allow-list before it builds anything.
+What is sent holds nothing a site owns: the researcher's allow-list, the simulated sites'
+settings and the data paths are left out (`null`), so the hash is the same from any machine
+and names the experiment alone; that is the hash a site approves (`flip show RECIPE --hash`).
+
+What a site receives is inert data. `unpack_config` refuses, before parsing, a text over
+`MAX_CONFIG_BYTES` or one that does not match its hash; it parses JSON only (no YAML tags, no
+anchors), refuses deep nesting, every `${...}` (an interpolation or resolver would read the
+site's environment on the sender's behalf) and any site-owned setting, and lists every problem.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from enum import Enum
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from flip.config import schema
-from flip.config.allowlist import target_problems
-from flip.config.rules import rule_problems
-from flip.config.validate import schema_problems, strip_markers
-from flip.errors import ConfigError, FlipError
+from flip.config.schema_common import SITE_PATH_KEYS, SITE_RELATIVE_PATH_KEYS
+from flip.errors import ConfigError
+
+MAX_CONFIG_BYTES = 1 << 20
+MAX_DEPTH = 24
+RULE_INERT = "rule: a received config is inert data"
+RULE_SITE_OWNED = "rule: site-owned settings"
+# Data nodes whose paths are the site's: the source, and a multimodal join's modalities.
+DATA_NODES = ("data", "data.image", "data.tabular", "data.text")
 
 _SCHEMA_NAMES = {cls: name for name, cls in schema.SCHEMAS.items()}
-_RECEIVED: dict[str, DictConfig] = {}
 
 
 def _with_markers(node: Any) -> Any:
+    """A plain copy of `node`, each mapping marked with the schema it was validated against."""
     if isinstance(node, DictConfig):
         if node._is_none():
             return None
@@ -35,26 +47,135 @@ def _with_markers(node: Any) -> Any:
     return value.name if isinstance(value, Enum) else value
 
 
+def _node(container: dict, dotted: str) -> Any:
+    for key in dotted.split("."):
+        container = container.get(key) if isinstance(container, dict) else None
+    return container
+
+
+def without_site_settings(container: dict) -> dict:
+    """The config with what belongs to sites left out: it names the experiment, not a machine."""
+    container["allowed_targets"] = []
+    federation = container.get("federation") or {}
+    if "sites" in federation:
+        federation["sites"] = {}
+    if "sites_file" in federation:
+        federation["sites_file"] = None
+    for dotted in DATA_NODES:
+        node = _node(container, dotted)
+        if isinstance(node, dict):
+            node.update({key: None for key in SITE_PATH_KEYS if key in node})
+    return container
+
+
 def pack_config(cfg: DictConfig) -> tuple[str, str]:
-    """(YAML text, sha256) of the resolved config, each node marked with its schema."""
+    """(JSON text, sha256) of the resolved config as sites receive it."""
     # Merging the resolved values back into the typed config keeps each node's schema.
     resolved = OmegaConf.merge(cfg, OmegaConf.to_container(cfg, resolve=True))
-    text = OmegaConf.to_yaml(_with_markers(resolved))
+    text = json.dumps(without_site_settings(_with_markers(resolved)), sort_keys=True, separators=(",", ":"))
     return text, hashlib.sha256(text.encode()).hexdigest()
 
 
-def unpack_config(text: str, digest: str, extra_allowed: tuple[str, ...] = ()) -> DictConfig:
-    """The config a site may build from, or an error naming what failed; cached per digest."""
-    if digest in _RECEIVED:
-        return _RECEIVED[digest]
+def config_digest(cfg: DictConfig) -> str:
+    """The sha256 a site sees for this config (what it approves)."""
+    return pack_config(cfg)[1]
+
+
+# ---------------------------------------------------------------- receiving
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"duplicate key {next(k for k in keys if keys.count(k) > 1)!r}")
+    return dict(pairs)
+
+
+def _depth(node: Any) -> int:
+    """How deep mappings and lists nest (iteratively: the input is not trusted to be shallow)."""
+    deepest, stack = 0, [(node, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level + 1)
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _interpolations(node: Any, path: str = "") -> list[str]:
+    found = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            full = f"{path}.{key}" if path else str(key)
+            if "${" in str(key):
+                found.append(f"{full}: a key holds '${{' ({RULE_INERT})")
+            found += _interpolations(value, full)
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += _interpolations(value, f"{path}[{index}]")
+    elif isinstance(node, str) and "${" in node:
+        shown = node if len(node) <= 60 else node[:57] + "..."
+        found.append(f"{path}: interpolations and resolvers are refused in a received config ({shown!r}) ({RULE_INERT})")
+    return found
+
+
+def site_owned_problems(container: dict) -> list[str]:
+    """Settings only a site may set, found in a config it received."""
+    problems = []
+    if container.get("allowed_targets"):
+        problems.append(
+            f"allowed_targets: a received config cannot widen a site's allow-list "
+            f"({container['allowed_targets']!r}): a site lists what it trusts in its own settings ({RULE_SITE_OWNED})"
+        )
+    federation = container.get("federation") if isinstance(container.get("federation"), dict) else {}
+    if federation.get("sites"):
+        problems.append(f"federation.sites: a received config cannot carry sites' settings ({RULE_SITE_OWNED})")
+    if federation.get("sites_file") is not None:
+        problems.append(f"federation.sites_file: a received config cannot name a sites file ({RULE_SITE_OWNED})")
+    for dotted in DATA_NODES:
+        node = _node(container, dotted)
+        if not isinstance(node, dict):
+            continue
+        for key in SITE_PATH_KEYS:
+            if node.get(key) is not None:
+                problems.append(
+                    f"{dotted}.{key}: a received config cannot point a site at a path ({node[key]!r}), "
+                    f"the site's own settings say where its data is ({RULE_SITE_OWNED})"
+                )
+        for key in SITE_RELATIVE_PATH_KEYS:
+            value = node.get(key)
+            if isinstance(value, str) and not _inside(value):
+                problems.append(
+                    f"{dotted}.{key}: a received config may only name paths inside the site's data folder, "
+                    f"got {value!r} ({RULE_SITE_OWNED})"
+                )
+    return problems
+
+
+def _inside(path: str) -> bool:
+    """A relative path that stays in the folder it is relative to."""
+    parts = path.replace("\\", "/").split("/")
+    return not path.startswith(("/", "~", "\\")) and ":" not in parts[0] and ".." not in parts
+
+
+def unpack_config(text: str, digest: str) -> dict:
+    """The received config as plain data (schema markers kept), or ConfigError listing every
+    reason it is not inert, not intact, or sets what belongs to the site."""
+    size = len(text.encode())
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError([f"config: {size} bytes, more than the {MAX_CONFIG_BYTES} a site accepts ({RULE_INERT})"])
     if hashlib.sha256(text.encode()).hexdigest() != digest:
-        raise FlipError("received config does not match its sha256: refusing to build it")
-    container = OmegaConf.to_container(OmegaConf.create(text))
-    problems = schema_problems(container)
-    plain = strip_markers(container)
-    cfg = OmegaConf.create(plain)
-    problems += rule_problems(cfg) + target_problems(plain, [*plain.get("allowed_targets", []), *extra_allowed])
+        raise ConfigError([f"config: does not match its sha256, so it is not built ({RULE_INERT})"])
+    try:
+        container = json.loads(text, object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError) as error:
+        reason = "nested too deep" if isinstance(error, RecursionError) else str(error).splitlines()[0]
+        raise ConfigError([f"config: not flip's JSON ({reason}): YAML, tags and anchors are refused ({RULE_INERT})"]) from None
+    if not isinstance(container, dict):
+        raise ConfigError([f"config: must be a mapping, got {type(container).__name__} ({RULE_INERT})"])
+    if _depth(container) > MAX_DEPTH:
+        raise ConfigError([f"config: nested deeper than {MAX_DEPTH} levels ({RULE_INERT})"])
+    problems = _interpolations(container) + site_owned_problems(container)
     if problems:
-        raise ConfigError(problems, source="received config")
-    _RECEIVED[digest] = cfg
-    return cfg
+        raise ConfigError(problems)
+    return container

@@ -21,6 +21,8 @@ from flip.console import console
 from flip.data import synthetic_root
 from flip.errors import FlipError
 from flip.federation.keeper import FEDERATED, SERVER, RoundKeeper, save_weights_checkpoint
+from flip.federation.simulated_sites import simulated_site_names, simulated_site_settings, write_site_files
+from flip.federation.site_config import SIMULATION_SITES_ENV
 from flip.interrupts import interrupts_reach_main_thread
 from flip.privacy.accounting import PrivacyLedger
 from flip.privacy.plan import PrivacyPlan
@@ -47,7 +49,7 @@ class _DropDeprecation(logging.Filter):
 @contextmanager
 def flower_sandbox() -> Iterator[Path]:
     """A scratch folder for Flower and Ray; the environment is restored and Ray stopped on exit."""
-    saved = {key: os.environ.get(key) for key in (*_FLOWER_ENV, "FLWR_HOME", "PYTHONPATH")}
+    saved = {key: os.environ.get(key) for key in (*_FLOWER_ENV, "FLWR_HOME", "PYTHONPATH", SIMULATION_SITES_ENV)}
     flower_logger = logging.getLogger("flwr")
     quiet = _DropDeprecation()
     with tempfile.TemporaryDirectory(prefix="flip-") as scratch:
@@ -129,13 +131,16 @@ def run_simulation_mode(cfg: DictConfig, run_dir: Path) -> ModeResult:
     federation = cfg.federation
     checkpoints = run_dir / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
+    names = simulated_site_names(cfg)
+    sites = simulated_site_settings(cfg, names)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console)
     shown = progress if cfg.trainer.enable_progress_bar else None
     outcome = ServerOutcome()
-    log.info("simulating %d sites for %d rounds with %s", federation.num_sites, federation.num_rounds, cfg.strategy._target_)
+    log.info("simulating %d sites (%s) for %d rounds with %s", len(names), ", ".join(names), federation.num_rounds, cfg.strategy._target_)
     with flower_sandbox() as scratch, progress, interrupts_reach_main_thread():
+        os.environ[SIMULATION_SITES_ENV] = str(write_site_files(scratch / "sites", sites))
         run_simulation(
-            server_app=build_server_app(cfg, partial(_server_side, cfg, checkpoints, shown), outcome),
+            server_app=build_server_app(cfg, names, partial(_server_side, cfg, checkpoints, shown), outcome),
             client_app=client_app,
             num_supernodes=federation.num_sites,
             backend_config=backend_config(cfg, scratch),

@@ -7,6 +7,7 @@ site's files once, not every round.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import warnings
@@ -18,14 +19,14 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from flip.federation.site_config import data_settings, site_settings
+from flip.federation.site_config import SiteSettings
 from flip.results import config_sha256
 from flip.run_types import SiteReport
 from flip.training import build_datamodule, build_model, build_trainer, quiet_lightning
 
 log = logging.getLogger(__name__)
 StateDict = dict[str, torch.Tensor]
-_DATAMODULES: dict[tuple[str, int], L.LightningDataModule] = {}
+_DATAMODULES: dict[tuple[str, str], L.LightningDataModule] = {}
 
 
 @dataclass
@@ -38,27 +39,18 @@ class SiteReply:
     optimizer_state: bytes | None = None
 
 
-def site_data_overrides(cfg: DictConfig, index: int) -> dict[str, Any]:
-    """Data settings for site `index`: its partition, plus its site-local settings."""
-    federation = cfg.federation
-    partition = OmegaConf.to_container(cfg.partition, resolve=True)
-    partition.update(index=index, num_partitions=federation.num_sites)
-    if federation.get("server_eval_site"):
-        partition["exclude"] = [federation.server_eval_site]
-    return {"partition": partition, **data_settings(site_settings(cfg, index))}
-
-
 def _sha_of(*nodes: Any) -> str:
     """A cache key for resolved config nodes."""
     plain = [OmegaConf.to_container(n, resolve=True) if OmegaConf.is_config(n) else n for n in nodes]
     return config_sha256(OmegaConf.create({"nodes": plain}))
 
 
-def site_datamodule(cfg: DictConfig, index: int) -> L.LightningDataModule:
-    """The set-up data module of site `index`, built once per process and config."""
-    key = (_sha_of(cfg.data, cfg.partition), index)
+def site_datamodule(cfg: DictConfig, site: SiteSettings) -> L.LightningDataModule:
+    """The set-up data module of `site` (its data settings are in `cfg.data` already), built
+    once per process and config."""
+    key = (_sha_of(cfg.data, site.partition), site.name)
     if key not in _DATAMODULES:
-        datamodule = build_datamodule(cfg, **site_data_overrides(cfg, index))
+        datamodule = build_datamodule(cfg, partition=site.partition)
         datamodule.setup("fit")
         _DATAMODULES[key] = datamodule
     return _DATAMODULES[key]
@@ -66,7 +58,7 @@ def site_datamodule(cfg: DictConfig, index: int) -> L.LightningDataModule:
 
 def server_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     """The data the server itself holds (`federation.server_eval_site`), built once per process."""
-    key = (_sha_of(cfg.data, cfg.federation.server_eval_site), -1)
+    key = (_sha_of(cfg.data, cfg.federation.server_eval_site), "")
     if key not in _DATAMODULES:
         datamodule = build_datamodule(cfg, site=cfg.federation.server_eval_site)
         datamodule.setup("fit")
@@ -143,8 +135,11 @@ class ResumedSchedule(Callback):
         self.lr = float(trainer.optimizers[0].param_groups[0]["lr"])
 
 
-def _seed(cfg: DictConfig, server_round: int, index: int) -> None:
-    L.seed_everything(cfg.seed * 1_000_003 + server_round * 1_009 + index, workers=True, verbose=False)
+def site_seed(cfg: DictConfig, server_round: int, name: str) -> int:
+    """The seed of a site's round: from the run's seed, the round and the site's name (the same
+    name, and so the same seed, wherever the site runs)."""
+    salt = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
+    return (cfg.seed * 1_000_003 + server_round * 1_009 + salt) % 2**32
 
 
 def _model_with(cfg: DictConfig, state: StateDict) -> L.LightningModule:
@@ -175,21 +170,21 @@ def _dp_sgd(cfg: DictConfig, server_round: int, epsilon_cap: float | None) -> Ca
 
 def train_round(
     cfg: DictConfig,
-    index: int,
+    site: SiteSettings,
     global_state: StateDict,
     server_round: int,
     proximal_mu: float = 0.0,
     epsilon_cap: float | None = None,
     optimizer_state: bytes | None = None,
 ) -> SiteReply:
-    """Local training of site `index` from the global weights; returns the new weights and metrics.
+    """Local training of `site` from the global weights; returns the new weights and metrics.
 
     `epsilon_cap` is the DP-SGD budget the site holds itself to (the run's or its policy's).
     `optimizer_state` is the site's from its previous round, with `federation.keep_optimizer_state`.
     """
     quiet_lightning()
-    _seed(cfg, server_round, index)
-    datamodule = site_datamodule(cfg, index)
+    L.seed_everything(site_seed(cfg, server_round, site.name), workers=True, verbose=False)
+    datamodule = site_datamodule(cfg, site)
     model = _model_with(cfg, global_state)
     federation = cfg.federation
     kept = KeptOptimizerState(optimizer_state) if federation.get("keep_optimizer_state") else None
@@ -217,7 +212,7 @@ def train_round(
         metrics["train/lr"] = schedule.lr
     if dp_sgd is not None:
         metrics.update({f"privacy/{key}": float(value) for key, value in dp_sgd.spent().items() if value is not None})
-    report = SiteReport.from_datamodule(datamodule)
+    report = SiteReport.from_datamodule(datamodule, site.name)
     return SiteReply(model.state_dict(), metrics, datamodule.split_sizes[0], report, kept.saved() if kept else None)
 
 
@@ -233,9 +228,10 @@ def evaluate_model(cfg: DictConfig, datamodule: L.LightningDataModule, state: St
     return metrics
 
 
-def evaluate_round(cfg: DictConfig, index: int, global_state: StateDict) -> SiteReply:
-    """The global weights evaluated on site `index`'s validation and test splits."""
-    datamodule = site_datamodule(cfg, index)
+def evaluate_round(cfg: DictConfig, site: SiteSettings, global_state: StateDict) -> SiteReply:
+    """The global weights evaluated on `site`'s validation and test splits."""
+    datamodule = site_datamodule(cfg, site)
     metrics = evaluate_model(cfg, datamodule, global_state)
     _, n_val, n_test = datamodule.split_sizes
-    return SiteReply(None, {**metrics, "val/n": n_val, "test/n": n_test}, n_val, SiteReport.from_datamodule(datamodule))
+    report = SiteReport.from_datamodule(datamodule, site.name)
+    return SiteReply(None, {**metrics, "val/n": n_val, "test/n": n_test}, n_val, report)

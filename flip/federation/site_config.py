@@ -1,53 +1,117 @@
-"""A site's own settings: where its data is, and its privacy policy.
+"""A site's own settings, and the config a site runs: the received one with the site's settings over it.
 
-In a deployment each hospital keeps these in its own file (the SuperNode's `site-config` node
-config names it). In simulation every virtual site reads its entry from `federation.sites`
-or `federation.sites_file`, which stand in for those files so policies are testable on one machine.
+In a deployment each hospital keeps its settings in its own file, which its SuperNode names in
+its node config (`site-config`). In simulation flip writes such a file for every virtual site
+before the run (`flip.federation.simulated_sites`), and a node finds its own by its partition
+id. Either way `site_run_config` is the one function that puts a site's settings over what it
+received: its data paths, its allow-list, its CPU share; nothing in the received config can
+point the site elsewhere.
 """
 
 from __future__ import annotations
 
+import copy
+import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from flip.errors import ConfigError
+from flip.config.schema_common import SITE_PATH_KEYS
+from flip.config.schema_privacy import SitePolicy
+from flip.config.schema_site import APPROVE_ANY, site_settings_problems
+from flip.errors import ConfigError, FlipError
 
-POLICY = "policy"
+# Where a simulated node finds its settings file: `<folder>/<partition-id>.json`.
+SIMULATION_SITES_ENV = "FLIP_SIMULATION_SITES"
+SITE_CONFIG_KEY = "site-config"
 
 
-def site_key(index: int) -> str:
-    """The name a site has in `federation.sites` and in logs before its data names it."""
-    return f"site-{index + 1}"
+@dataclass(frozen=True)
+class SiteSettings:
+    """One site's validated settings."""
+
+    name: str
+    data: dict[str, Any]
+    policy: SitePolicy
+    allowed_targets: tuple[str, ...]
+    # None: any run; else the approved config sha256s.
+    approved: tuple[str, ...] | None
+    cpus: float | None
+    partition: dict[str, Any] | None
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any] | None, where: str) -> SiteSettings:
+        """Checked settings; ConfigError lists every problem, each with its full key."""
+        raw = dict(raw or {})
+        problems = site_settings_problems(raw, where)
+        if not raw.get("name"):
+            problems.append(f"{where}.name: missing value (the site's one name)")
+        if problems:
+            raise ConfigError(problems, source=where)
+        approve = raw.get("approve", APPROVE_ANY)
+        return cls(
+            name=str(raw["name"]),
+            data=dict(raw.get("data") or {}),
+            policy=SitePolicy(**(raw.get("policy") or {})),
+            allowed_targets=tuple(raw.get("allowed_targets") or ()),
+            approved=None if approve == APPROVE_ANY else tuple(approve),
+            cpus=raw.get("cpus"),
+            partition=raw.get("partition"),
+        )
+
+    @property
+    def fingerprint(self) -> str:
+        """A key that changes whenever the settings do (accepted runs are cached by it)."""
+        return json.dumps([self.name, self.data, str(self.policy), self.allowed_targets, self.approved, self.cpus, self.partition], sort_keys=True, default=str)
 
 
-def _load_yaml(path: str, key: str) -> dict[str, Any]:
+def load_site_file(path: str | Path, where: str | None = None) -> SiteSettings:
+    """A site's settings file (YAML or JSON); the site's own, so its interpolations resolve."""
     file = Path(path).expanduser()
+    label = where or str(file)
     if not file.is_file():
-        raise ConfigError([f"{key}: no such file: {file}"])
+        raise ConfigError([f"{label}: no such site settings file"])
     loaded = OmegaConf.to_container(OmegaConf.load(file), resolve=True)
     if not isinstance(loaded, dict):
-        raise ConfigError([f"{key}: {file} must hold a mapping"])
-    return loaded
+        raise ConfigError([f"{label}: must hold a mapping of site settings"])
+    return SiteSettings.from_mapping(loaded, label)
 
 
-def sites_mapping(federation: DictConfig) -> dict[str, Any]:
-    """`federation.sites_file` (if any) overlaid with `federation.sites`."""
-    merged: dict[str, Any] = {}
-    if federation.get("sites_file"):
-        merged = _load_yaml(federation.sites_file, "federation.sites_file")
-    inline = OmegaConf.to_container(federation.get("sites", {}), resolve=True)
-    return OmegaConf.to_container(OmegaConf.merge(merged, inline), resolve=True)
+_LOADED: dict[tuple[str, float], SiteSettings] = {}
 
 
-def site_settings(cfg: DictConfig, index: int, node_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Settings of site `index`: its own file when its node names one, else its simulated entry."""
-    if node_config and node_config.get("site-config"):
-        return _load_yaml(str(node_config["site-config"]), "node config site-config")
-    return sites_mapping(cfg.federation).get(site_key(index), {}) or {}
+def node_site_settings(node_config: Mapping[str, Any]) -> SiteSettings:
+    """This node's own settings: its site file in a deployment, flip's file for it in simulation."""
+    if node_config.get(SITE_CONFIG_KEY):
+        path = Path(str(node_config[SITE_CONFIG_KEY])).expanduser()
+    elif os.environ.get(SIMULATION_SITES_ENV) and "partition-id" in node_config:
+        path = Path(os.environ[SIMULATION_SITES_ENV]) / f"{int(node_config['partition-id'])}.json"
+    else:
+        raise FlipError(
+            f"this node has no site settings: start it with --node-config '{SITE_CONFIG_KEY}=SITE.yaml' "
+            "(a deployment) or through flip's simulation"
+        )
+    key = (str(path), path.stat().st_mtime if path.is_file() else 0.0)
+    if key not in _LOADED:
+        _LOADED[key] = load_site_file(path)
+    return _LOADED[key]
 
 
-def data_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """The data keys of a site's settings (everything but its policy)."""
-    return {key: value for key, value in settings.items() if key != POLICY}
+def site_run_config(received: Mapping[str, Any], site: SiteSettings) -> dict[str, Any]:
+    """The config `site` runs: what it received (plain data), with the site's own settings over it.
+
+    The site's data keys win (where its data is, and anything else it sets about it); with a
+    data root of its own, a received `synthetic` data set is not generated. The allow-list is
+    the site's alone.
+    """
+    cfg = copy.deepcopy(dict(received))
+    data = cfg["data"] if isinstance(cfg.get("data"), dict) else cfg.setdefault("data", {})
+    data.update({key: None for key in SITE_PATH_KEYS if key in data})
+    data.update(copy.deepcopy(site.data))
+    if site.data.get("root") is not None and "synthetic" in data:
+        data["synthetic"] = None
+    cfg["allowed_targets"] = list(site.allowed_targets)
+    return cfg

@@ -18,10 +18,9 @@ from typing import Any, Iterable, Iterator, Protocol
 import numpy as np
 from flwr.app import Message, MessageType
 from flwr.serverapp.strategy import Strategy
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from flip.config.allowlist import target_problems
+from flip.config.allowlist import AllowList, Kind, checked_class, target_problems
 from flip.errors import ConfigError, FlipError
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -149,13 +148,13 @@ class FlipStrategyMixin:
             return list(super().configure_evaluate(server_round, arrays, config, grid))
 
 
-def build_flip_strategy(strategy_cfg: DictConfig, allowed: Iterable[str], settings: FlipSettings, **extra: Any) -> Strategy:
+def build_flip_strategy(strategy_cfg: DictConfig, allowed: AllowList, settings: FlipSettings, **extra: Any) -> Strategy:
     """The configured Flower strategy with flip's seeded sampling; `extra` adds constructor arguments."""
     kwargs = {**OmegaConf.to_container(strategy_cfg, resolve=True), **extra}
     problems = target_problems(kwargs, allowed, "strategy")
     if problems:
         raise ConfigError(problems)
-    base = get_class(kwargs.pop("_target_"))
+    base = checked_class("strategy._target_", Kind.STRATEGY, kwargs.pop("_target_"), allowed)
     strategy = type(f"Flip{base.__name__}", (FlipStrategyMixin, base), {})(**kwargs)
     strategy.flip = settings
     return strategy

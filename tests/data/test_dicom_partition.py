@@ -24,16 +24,6 @@ def site(root: Path, index: int, num_partitions: int, **partition) -> DicomDataM
     return dm
 
 
-def test_by_folder_takes_the_index_th_site_folder_and_skips_excluded_ones(root):
-    names = [site(root, i, 2, kind="by_site", source="folder", exclude=["site-1"]).site_name for i in range(2)]
-    assert names == ["site-2", "site-3"]
-
-
-def test_by_folder_with_too_few_folders_says_so(root):
-    with pytest.raises(ValueError, match=r"has 3 site folder\(s\) \['site-1', 'site-2', 'site-3'\] for 4 sites"):
-        site(root, 0, 4, kind="by_site", source="folder")
-
-
 @pytest.mark.parametrize("kind", ["iid", "dirichlet", "quantity"])
 def test_pooled_partitions_are_disjoint_and_cover_the_data(root, kind):
     sites = [site(root, i, 3, kind=kind) for i in range(3)]
@@ -45,16 +35,25 @@ def test_pooled_partitions_are_disjoint_and_cover_the_data(root, kind):
     assert len(fingerprints) == 3
 
 
+def by_group(root: Path, source: str, name: str, group: str) -> DicomDataModule:
+    dm = DicomDataModule(root=root, image_size=32, batch_size=4, seed=1, partition={"kind": "by_site", "source": source, "name": name, "group": group})
+    dm.setup()
+    return dm
+
+
 def test_by_column_and_by_attribute_recover_the_generator_sites(root):
-    by_column = [site(root, i, 3, kind="by_site", source="column", name="site") for i in range(3)]
-    by_attribute = [site(root, i, 3, kind="by_site", source="attribute", name="InstitutionName") for i in range(3)]
+    pooled = DicomDataModule(root=root, image_size=32, seed=1, partition={"kind": "by_site", "source": "attribute", "name": "InstitutionName"})
+    hospitals = pooled.site_groups()
+    assert hospitals == [f"Synthetic Hospital {i}" for i in (1, 2, 3)]
+    by_column = [by_group(root, "column", "site", f"site-{i}") for i in (1, 2, 3)]
+    by_attribute = [by_group(root, "attribute", "InstitutionName", hospital) for hospital in hospitals]
     by_folder = [DicomDataModule(root=root, site=f"site-{i + 1}", image_size=32, seed=1) for i in range(3)]
     for dm in by_folder:
         dm.setup()
     assert [dm.site_name for dm in by_column] == ["site-1", "site-2", "site-3"]
+    assert [dm.site_name for dm in by_attribute] == hospitals
     assert [dm.fingerprint for dm in by_column] == [dm.fingerprint for dm in by_folder]
     assert [dm.fingerprint for dm in by_attribute] == [dm.fingerprint for dm in by_folder]
-    assert by_attribute[0].site_name.startswith("Synthetic Hospital")
 
 
 def test_partition_is_deterministic(root):

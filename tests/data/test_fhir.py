@@ -262,10 +262,10 @@ def test_by_site_from_a_column_is_refused_and_attribute_partitions(tmp_path):
     patients = [Patient(id=f"a{i}", managingOrganization=Reference(display=f"hospital-{i % 2}")) for i in range(8)]
     write_ndjson(site / "Patient.ndjson", patients)
     write_ndjson(site / "Condition.ndjson", [condition(f"c{i}", f"a{i}", PNEUMONIA) for i in range(0, 8, 3)])
-    column = {"kind": "by_site", "source": "column", "name": "x", "index": 0, "num_partitions": 2, "seed": 0}
+    column = {"kind": "by_site", "source": "column", "name": "x", "group": "hospital-0", "seed": 0}
     with pytest.raises(ValueError, match="no meaning for FHIR data"):
         module(site, partition=column)
-    attribute = {**column, "source": "attribute", "name": "managingOrganization.display", "index": 1}
+    attribute = {**column, "source": "attribute", "name": "managingOrganization.display", "group": "hospital-1"}
     dm = module(site, tmp_path / "cache", partition=attribute, features={"age": False})
     assert dm.site_name == "hospital-1" and dm.split_sizes == (4, 0, 0)
 

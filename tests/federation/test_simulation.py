@@ -65,7 +65,7 @@ def test_same_seed_gives_the_same_global_weights(tmp_path):
 
 
 def test_a_failing_site_is_reported_and_the_round_goes_on(tmp_path):
-    broken = "+federation.sites.site-2={root: /nonexistent/site-2}"
+    broken = "+federation.sites.site-2={data: {root: /nonexistent/site-2}}"
     result = flip_run(tmp_path, "dicom_synthetic_fedavg", *SIM, "federation.num_rounds=1", broken)
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = run_dirs(tmp_path)
@@ -78,7 +78,7 @@ def test_a_failing_site_is_reported_and_the_round_goes_on(tmp_path):
 
 
 def test_too_few_successful_sites_stop_the_run_with_a_clear_message(tmp_path):
-    broken = "+federation.sites.site-2={root: /nonexistent/site-2}"
+    broken = "+federation.sites.site-2={data: {root: /nonexistent/site-2}}"
     result = flip_run(tmp_path, "dicom_synthetic_fedavg", *SIM, "federation.min_successful_sites=2", broken)
     assert result.returncode == 1
     assert "round 1: 1 of 2 sampled site(s) sent an update, fewer than federation.min_successful_sites=2" in result.stderr

@@ -28,8 +28,8 @@ def test_driver_modules_load_no_torch():
 
 def test_site_code_loads_training_stack():
     statement = (
-        "from omegaconf import OmegaConf; from flip.federation.client_app import site_code; "
-        "site_code(OmegaConf.create({'federation': {'cpus_per_site': 1}}))"
+        "from types import SimpleNamespace as N; from flip.federation.client_app import site_code; "
+        "site_code(N(site=N(cpus=1)))"
     )
     assert loaded_after(statement) == set(HEAVY)
 

@@ -4,6 +4,7 @@ paths, no per-sample values; small cohorts withheld; a policy refusal before any
 from __future__ import annotations
 
 import csv
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,27 +15,25 @@ from flip.config.validate import validate
 from flip.federation.client_app import CONFIG_KEY, DIGEST_KEY, OPTIMIZER_STATE_KEY, app
 from flip.federation.shipping import pack_config
 from flip.federation.strategy import WITHHELD
-from flip.privacy.policy import PolicyRefusal
+from flip.federation.trust import SiteRefusal
 from flip.training import build_datamodule, build_model
-from tests.conftest import FAST_OVERRIDES, in_memory_grid
+from tests.conftest import FAST_OVERRIDES, in_memory_grid, site_node_context
 
 SIM = [*FAST_OVERRIDES, "federation.num_sites=2", "federation.server_eval_site=null"]
 ALLOWED_METRICS = ("train/", "val/", "test/", "privacy/")
 ALLOWED_PLAIN = {"num-examples", "train_loss", "dp-weight"}
 
 
-def site_context(index: int = 0) -> Context:
-    return Context(run_id=1, node_id=1, node_config={"partition-id": index, "num-partitions": 2}, state=RecordDict(), run_config={})
-
-
 def site_call(monkeypatch, cfg, message_type: str, index: int = 0, context: Context | None = None, server_round: int = 1) -> Message:
     """One instruction through flip's real ClientApp, as Flower delivers it to site `index`."""
     in_memory_grid(monkeypatch, 1)
+    if context is None:
+        context = site_node_context(cfg, index, Path(tempfile.mkdtemp(prefix="flip-site-")))
     text, digest = pack_config(cfg)
     config = ConfigRecord({CONFIG_KEY: text, DIGEST_KEY: digest, "server-round": server_round})
     arrays = ArrayRecord(build_model(cfg).state_dict())
     message = Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=1, message_type=message_type)
-    return app(message, context or site_context(index))
+    return app(message, context)
 
 
 def data_root(cfg) -> Path:
@@ -110,17 +109,17 @@ def test_small_label_counts_are_left_out_of_the_site_record(monkeypatch, cfg):
 
 def test_a_site_refuses_before_reading_its_data(monkeypatch, cfg, tmp_path):
     sites_file = tmp_path / "sites.yaml"
-    sites_file.write_text("site-1:\n  root: /nonexistent/never-read\n  policy: {require_dp: true}\n")
+    sites_file.write_text("site-1:\n  data: {root: /nonexistent/never-read}\n  policy: {require_dp: true}\n")
     strict = validate(resolve_recipe("dicom_synthetic_fedavg"), [*SIM, f"federation.sites_file={sites_file}"])
     # Flower's runtime turns the exception into the error reply the server reports.
-    with pytest.raises(PolicyRefusal) as refusal:
+    with pytest.raises(SiteRefusal) as refusal:
         site_call(monkeypatch, strict, MessageType.TRAIN)
     assert str(refusal.value) == "site-1 refuses this run: policy.require_dp: this site requires differential privacy, the run uses no DP"
 
 
-def test_a_kept_optimizer_state_stays_in_the_sites_own_state(monkeypatch):
+def test_a_kept_optimizer_state_stays_in_the_sites_own_state(monkeypatch, tmp_path):
     kept_cfg = validate(resolve_recipe("dicom_synthetic_fedavg"), [*SIM, "federation.keep_optimizer_state=true"])
-    context = site_context()
+    context = site_node_context(kept_cfg, 0, tmp_path)
     first = site_call(monkeypatch, kept_cfg, MessageType.TRAIN, context=context)
     assert not first.has_error(), first.error
     assert set(first.content.keys()) == {"arrays", "metrics", "site"}
