@@ -145,7 +145,9 @@ class SitePolicy:
     allowed_mechanisms: Optional[List[str]] = None
     # Largest epsilon the whole run may spend on this site's data (null: no limit).
     max_epsilon: Optional[float] = None
-    # Smallest noise multiplier accepted for noise-adding mechanisms.
+    # Smallest noise multiplier accepted for noise-adding mechanisms: noise std / clipping norm as
+    # configured (local_dp: LocalDpMod's std / clipping_norm), whatever the neighbouring relation;
+    # max_epsilon is the rule that follows the relation.
     min_noise_multiplier: Optional[float] = None
     # k: below this many samples in a split the site sends no update and no metrics of it.
     min_cohort: int = 1
