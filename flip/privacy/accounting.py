@@ -23,7 +23,7 @@ from typing import Iterator
 from dp_accounting import dp_event, privacy_accountant, rdp
 
 from flip.errors import FlipError
-from flip.privacy.guarantee import FIXED_SIZE, POISSON, guarantee, local_dp_noise_std, statement
+from flip.privacy.guarantee import FIXED_SIZE, NO_AMPLIFICATION, POISSON, guarantee, local_dp_noise_std, statement
 from flip.privacy.plan import CENTRAL_DP, PrivacyPlan
 
 RELATIONS = {
@@ -136,7 +136,7 @@ class PrivacyLedger:
                 self.epsilon = epsilon_of(self.releases, self.plan.delta, self.plan.neighbours)
         elif mechanism == "local_dp":
             for site in sites:
-                self.site_releases.setdefault(site, []).append(self._local_release())
+                self.site_releases.setdefault(site, []).append(local_release(self.plan))
             self.epsilon = max((self._site_epsilon(r) for r in self.site_releases.values()), default=None)
         elif mechanism == "dp_sgd":
             for site, metrics in site_metrics.items():
@@ -174,7 +174,7 @@ class PrivacyLedger:
         if mechanism == "local_dp":
             worst = None
             for site in sites:
-                projected = self._site_epsilon([*self.site_releases.get(site, []), self._local_release()])
+                projected = self._site_epsilon([*self.site_releases.get(site, []), local_release(self.plan)])
                 worst = max(worst or 0.0, projected)
             return worst
         if mechanism == "dp_sgd":
@@ -183,26 +183,32 @@ class PrivacyLedger:
         return None
 
     def _central_release(self, replied: list[int]) -> Release:
-        stated = guarantee(self.plan)
-        if stated.sampling == POISSON:
-            return Release(stated.noise_to_sensitivity, POISSON, self.plan.num_sites, sampling_rate=stated.sampling_rate)
         sampled, population = self._sample or (replied, self.plan.num_sites)
-        return Release(stated.noise_to_sensitivity, FIXED_SIZE, population, len(sampled))
-
-    def _local_release(self) -> Release:
-        return Release(guarantee(self.plan).noise_to_sensitivity, "none")
+        return central_release(self.plan, len(sampled), population)
 
     def _site_epsilon(self, releases: list[Release]) -> float:
         return epsilon_of(releases, self.plan.delta, "replace_one")
 
 
+def central_release(plan: PrivacyPlan, sampled: int, population: int) -> Release:
+    """One central-DP round: `sampled` of `population` sites (fixed_size), or each at rate q (poisson)."""
+    stated = guarantee(plan)
+    if stated.sampling == POISSON:
+        return Release(stated.noise_to_sensitivity, POISSON, plan.num_sites, sampling_rate=stated.sampling_rate)
+    return Release(stated.noise_to_sensitivity, FIXED_SIZE, population, sampled)
+
+
+def local_release(plan: PrivacyPlan) -> Release:
+    """One site's local_dp release: its clipped update plus LocalDpMod's noise, no amplification."""
+    return Release(guarantee(plan).noise_to_sensitivity, NO_AMPLIFICATION)
+
+
 def projected_run_epsilon(plan: PrivacyPlan, num_rounds: int) -> float:
     """Epsilon a whole run of central DP or local DP would spend, every round sampling as planned
     and every site online (local_dp: a site that trains every round)."""
-    ledger = PrivacyLedger(plan)
     if plan.mechanism in CENTRAL_DP:
-        sites = list(range(plan.sites_per_round))
-        return epsilon_of([ledger._central_release(sites)] * num_rounds, plan.delta, plan.neighbours)
+        releases = [central_release(plan, plan.sites_per_round, plan.num_sites)] * num_rounds
+        return epsilon_of(releases, plan.delta, plan.neighbours)
     if plan.mechanism == "local_dp":
-        return ledger._site_epsilon([ledger._local_release()] * num_rounds)
+        return epsilon_of([local_release(plan)] * num_rounds, plan.delta, "replace_one")
     return math.inf
