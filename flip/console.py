@@ -31,14 +31,16 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
 
 
 def privacy_line(privacy: dict[str, Any]) -> str:
-    """e.g. `dp_client_fixed + SecAgg+ · epsilon 3.2 at delta 1e-05`, or why there is no epsilon."""
+    """e.g. `dp_client_fixed + SecAgg+ · epsilon 3.2 at delta 1e-05, one site replaced`, or why there is no epsilon."""
     parts = [privacy.get("mechanism", "none")] + (["SecAgg+"] if privacy.get("secure_aggregation") else [])
     name = " + ".join(p for p in parts if p != "none") or "none"
     if not privacy.get("is_dp"):
         return f"{name} · not differential privacy (no epsilon)"
     if privacy.get("epsilon") is None:
         return f"{name} · no epsilon spent"
-    return f"{name} · epsilon {privacy['epsilon']:.3g} at delta {privacy['delta']:.3g}"
+    line = f"{name} · epsilon {privacy['epsilon']:.3g} at delta {privacy['delta']:.3g}"
+    relation = {"replace_one": "replaced", "add_remove": "added or removed"}.get(privacy.get("neighbours"))
+    return f"{line}, one {privacy.get('unit')} {relation}" if relation else line
 
 
 def print_problems(message: str) -> None:

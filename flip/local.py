@@ -72,7 +72,11 @@ def _dp_sgd(cfg: DictConfig):
 
 def local_privacy(cfg: DictConfig, dp_sgd) -> dict:
     """The privacy summary of a local run: DP-SGD's spent budget, or no DP."""
+    from flip.privacy.guarantee import guarantee, statement
+    from flip.privacy.plan import PrivacyPlan
+
     spent = dp_sgd.spent() if dp_sgd is not None else {}
+    plan = PrivacyPlan(OmegaConf.to_container(cfg.privacy, resolve=True), 1, 1, int(cfg.seed))
     return {
         "mechanism": cfg.privacy.mechanism,
         "secure_aggregation": False,
@@ -80,6 +84,8 @@ def local_privacy(cfg: DictConfig, dp_sgd) -> dict:
         "epsilon": spent.get("epsilon"),
         "delta": spent.get("delta"),
         "max_epsilon": cfg.privacy.get("max_epsilon"),
+        **statement(guarantee(plan)),
+        "releases": None,
     }
 
 

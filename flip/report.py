@@ -156,6 +156,8 @@ def _row(run: _Run, varying: list[str], out_dir: Path) -> dict[str, Any]:
     privacy = summary.get("privacy") or {}
     mechanism = privacy.get("mechanism", "none")
     row["privacy"] = mechanism + (" + SecAgg+" if privacy.get("secure_aggregation") else "")
+    if privacy.get("neighbours"):  # what the epsilon protects: one site (or sample) replaced, or added or removed
+        row["privacy"] += f" ({privacy['neighbours']})"
     row["epsilon"] = privacy.get("epsilon")
     row.update({f"final:{key}": value for key, value in (summary.get("metrics") or {}).items()})
     row.update({f"best:{key}": value for key, value in (summary.get("best_metrics") or {}).items()})

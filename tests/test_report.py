@@ -190,12 +190,15 @@ def test_unreadable_summary_is_named_in_the_error(sweep: Path) -> None:
 def test_private_runs_show_their_mechanism_and_epsilon(sweep: Path) -> None:
     private = sweep / "0_seed=1,strategy=fedavg" / "summary.json"
     summary = json.loads(private.read_text())
-    summary["privacy"] = {"mechanism": "dp_client_fixed", "secure_aggregation": True, "is_dp": True, "epsilon": 3.25, "delta": 1e-5}
+    summary["privacy"] = {
+        "mechanism": "dp_client_fixed", "secure_aggregation": True, "is_dp": True, "epsilon": 3.25, "delta": 1e-5,
+        "neighbours": "replace_one",
+    }
     private.write_text(json.dumps(summary))
     report = build_report([sweep])
     assert report.columns[7:9] == ["privacy", "epsilon"]
     rows = read_report_csv(sweep / "report.csv")
-    assert (rows[0]["privacy"], rows[0]["epsilon"]) == ("dp_client_fixed + SecAgg+", "3.25")
+    assert (rows[0]["privacy"], rows[0]["epsilon"]) == ("dp_client_fixed + SecAgg+ (replace_one)", "3.25")
     assert (rows[1]["privacy"], rows[1]["epsilon"]) == ("none", "")
 
 

@@ -28,8 +28,13 @@ MECHANISMS = (
 
 CENTRAL_DP = ("dp_server_fixed", "dp_server_adaptive", "dp_client_fixed", "dp_client_adaptive")
 DP = (*CENTRAL_DP, "local_dp", "dp_sgd")
+# Neighbouring federations central DP can protect: one site's data replaced by any other
+# (fixed-size sampling), or one site added or removed (Poisson sampling, fixed denominator).
+NEIGHBOURS = ("replace_one", "add_remove")
 # Strategies whose aggregate is a weighted mean of the updates: the only ones a secure sum can feed.
 MEAN_STRATEGIES = ("FedAvg", "FedProx", "FedAvgM", "FedAdam", "FedYogi", "FedAdagrad")
+# Strategies whose result is the plain mean of the updates, which central DP's noise is calibrated for.
+PLAIN_MEAN_STRATEGIES = ("FedAvg", "FedProx")
 
 
 @dataclass
@@ -68,6 +73,11 @@ class CentralDpConfig(PrivacyConfig):
     mechanism: str = "dp_client_fixed"
     noise_multiplier: float = 1.0
     clipping_norm: float = 1.0
+    # replace_one: one site's data replaced (a fixed number of sites per round, the mean of the
+    # replies); add_remove: one site added or removed (each site sampled with probability
+    # sampling_rate, the sum divided by the expected count). See the README's privacy table.
+    neighbours: str = "replace_one"
+    sampling_rate: Optional[float] = None
 
 
 @dataclass
@@ -81,6 +91,8 @@ class AdaptiveDpConfig(PrivacyConfig):
     clip_norm_lr: float = 0.2
     # Noise on the count of clipped updates; null is Flower's default (sampled sites / 20).
     clipped_count_stddev: Optional[float] = None
+    neighbours: str = "replace_one"
+    sampling_rate: Optional[float] = None
 
 
 @dataclass
@@ -89,8 +101,10 @@ class LocalDpConfig(PrivacyConfig):
 
     mechanism: str = "local_dp"
     clipping_norm: float = 1.0
-    sensitivity: float = 1.0
-    # (epsilon, delta) each site's release satisfies in one round.
+    # LocalDpMod's calibration: noise std = sensitivity * sqrt(2 ln(1.25 / delta)) / epsilon. The
+    # sensitivity must cover a site's data being replaced (2 x clipping_norm); the classic formula
+    # proves (epsilon, delta) only for epsilon < 1, so flip reports the RDP epsilon of that noise.
+    sensitivity: float = 2.0
     epsilon: float = 10.0
     delta: Optional[float] = 1e-5
 
@@ -131,7 +145,9 @@ class SitePolicy:
     allowed_mechanisms: Optional[List[str]] = None
     # Largest epsilon the whole run may spend on this site's data (null: no limit).
     max_epsilon: Optional[float] = None
-    # Smallest noise multiplier accepted for noise-adding mechanisms.
+    # Smallest noise multiplier accepted for noise-adding mechanisms: noise std / clipping norm as
+    # configured (local_dp: LocalDpMod's std / clipping_norm), whatever the neighbouring relation;
+    # max_epsilon is the rule that follows the relation.
     min_noise_multiplier: Optional[float] = None
     # k: below this many samples in a split the site sends no update and no metrics of it.
     min_cohort: int = 1
@@ -171,6 +187,14 @@ def privacy_problems(cfg: DictConfig) -> list[str]:
             problems.append("privacy.secagg: secure aggregation needs a federation (federation=simulation)")
     else:
         problems += _delta_problems(privacy, federation.num_sites)
+        problems += _central_problems(privacy, strategy)
+        if privacy.get("neighbours") == "add_remove" and federation.min_successful_sites > 1:
+            problems.append(
+                f"federation.min_successful_sites: {federation.min_successful_sites} stops a run whose Poisson sample "
+                "(privacy.neighbours=add_remove) holds fewer sites, as it may; set it to 1"
+            )
+        if privacy.get("neighbours") == "add_remove" and _is_number(privacy.get("sampling_rate")):
+            per_round = privacy["sampling_rate"] * federation.num_sites  # the expected sample, Flower's default's base
         problems += _adaptive_problems(privacy, per_round)
         if privacy.get("secagg") is not None:
             problems += _secagg_problems(privacy, strategy, per_round)
@@ -211,11 +235,33 @@ def _value_problems(privacy: dict[str, Any]) -> Iterator[str]:
             yield "privacy.target_epsilon: set privacy.noise_multiplier=null to derive the noise from the target"
     if privacy["mechanism"] == "local_dp":
         clip, sensitivity = privacy.get("clipping_norm"), privacy.get("sensitivity")
-        if _is_number(clip) and _is_number(sensitivity) and sensitivity < clip:
+        if _is_number(clip) and _is_number(sensitivity) and sensitivity < 2 * clip:
             yield (
-                f"privacy.sensitivity: {sensitivity} is below privacy.clipping_norm ({clip}), the bound on an update's "
-                "L2 norm; the noise would not give the stated epsilon"
+                f"privacy.sensitivity: {sensitivity} is below 2 x privacy.clipping_norm ({2 * clip:g}), how far a site's "
+                "clipped update can move when its data is replaced; the noise would not give the stated epsilon"
             )
+    yield from _neighbour_problems(privacy)
+
+
+def _neighbour_problems(privacy: dict[str, Any]) -> Iterator[str]:
+    """The neighbouring relation of central DP, and the sampling it needs."""
+    if "neighbours" not in privacy:
+        return
+    neighbours, rate = privacy.get("neighbours"), privacy.get("sampling_rate")
+    if neighbours not in NEIGHBOURS:
+        yield f"privacy.neighbours: '{neighbours}' is not one of {', '.join(NEIGHBOURS)}"
+    elif neighbours == "add_remove" and rate is None:
+        yield (
+            "privacy.sampling_rate: privacy.neighbours=add_remove needs it: the probability with which the server "
+            "samples each site in every round (Poisson sampling, which the add-or-remove accounting assumes)"
+        )
+    elif neighbours == "replace_one" and rate is not None:
+        yield (
+            "privacy.sampling_rate: only privacy.neighbours=add_remove samples sites at a rate; replace_one trains a "
+            "fixed number of sites per round (strategy.fraction_train, strategy.min_train_nodes)"
+        )
+    if _is_number(rate) and not 0 < rate <= 1:
+        yield f"privacy.sampling_rate: must be in (0, 1], got {rate}"
 
 
 def _dp_sgd_problems(cfg: DictConfig, strategy: dict[str, Any]) -> list[str]:
@@ -244,6 +290,32 @@ def _delta_problems(privacy: dict[str, Any], num_sites: int) -> list[str]:
     if privacy["mechanism"] in CENTRAL_DP and _is_number(delta) and 0 < delta and delta >= 1 / num_sites:
         return [f"privacy.delta: {delta} must be below 1/N = {1 / num_sites:.4g} for N = federation.num_sites ({num_sites})"]
     return []
+
+
+def _central_problems(privacy: dict[str, Any], strategy: dict[str, Any]) -> list[str]:
+    """Central DP noises the strategy's result: it must be the mean, sampled as the relation needs."""
+    mechanism, problems = privacy["mechanism"], []
+    if mechanism not in CENTRAL_DP:
+        return []
+    kind = str(strategy.get("_target_", "")).rpartition(".")[2]
+    if kind not in PLAIN_MEAN_STRATEGIES:
+        problems.append(
+            f"strategy: {mechanism} adds noise calibrated to the mean of the clipped updates, but {kind}'s result is "
+            f"not that mean (use {' or '.join(PLAIN_MEAN_STRATEGIES)})"
+        )
+    if privacy.get("neighbours") == "add_remove":
+        fraction = strategy.get("fraction_train")
+        if _is_number(fraction) and fraction != 1:
+            problems.append(
+                f"strategy.fraction_train: {fraction} must be 1.0 with privacy.neighbours=add_remove: the server "
+                "then samples each site with probability privacy.sampling_rate itself"
+            )
+        if privacy.get("secagg") is not None:
+            problems.append(
+                "privacy.neighbours: add_remove samples a random number of sites, which can be fewer than SecAgg+ "
+                "needs, and a round that cannot run shows whether a site took part; use replace_one with privacy.secagg"
+            )
+    return problems
 
 
 def _adaptive_problems(privacy: dict[str, Any], per_round: int) -> list[str]:

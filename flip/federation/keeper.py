@@ -106,9 +106,9 @@ class RoundKeeper:
 
     # -- RoundObserver
 
-    def before_train(self, server_round: int, sites: list[int]) -> None:
+    def before_train(self, server_round: int, sites: list[int], population: int | None = None) -> None:
         if self.ledger is not None:
-            self.ledger.before_round(server_round, sites)
+            self.ledger.before_round(server_round, sites, population)
 
     def site_withheld(self, server_round: int, phase: str, site: int, reason: str) -> None:
         log.info("round %d: %s withheld its %s reply: %s", server_round, self.name(site), phase, reason)

@@ -179,6 +179,6 @@ def _mode_result(keeper: RoundKeeper, rounds: int, digest: str) -> ModeResult:
         sites=[keeper.sites[index] for index in sorted(keeper.sites)],
         failures=keeper.failures,
         withheld=keeper.withheld,
-        privacy=keeper.ledger.summary() if keeper.ledger else {},
+        privacy=keeper.ledger.summary(keeper.site_names) if keeper.ledger else {},
         site_metrics=site_metrics,
     )

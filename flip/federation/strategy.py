@@ -29,7 +29,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 class RoundObserver(Protocol):
     """Receives what happened in each round (implemented by the server's round keeper)."""
 
-    def before_train(self, server_round: int, sites: list[int]) -> None: ...
+    def before_train(self, server_round: int, sites: list[int], population: int | None = None) -> None: ...
     def site_failed(self, server_round: int, phase: str, site: int, error: str) -> None: ...
     def site_withheld(self, server_round: int, phase: str, site: int, reason: str) -> None: ...
     def train_replies(self, server_round: int, replies: list[tuple[int, Message]]) -> None: ...
@@ -102,8 +102,8 @@ class SiteGrid:
         server_round = int(messages[0].content["config"]["server-round"])
         sampled = sorted(self.node_to_site[m.metadata.dst_node_id] for m in messages)
         observer = self.settings.observer
-        if phase == "train":
-            observer.before_train(server_round, sampled)
+        if phase == "train":  # the sites sampled, and how many were online to sample from
+            observer.before_train(server_round, sampled, population=len(self.get_node_ids()))
         replies = sorted(self._grid.send_and_receive(messages, timeout=timeout), key=self._site)
         usable = []
         for message in replies:

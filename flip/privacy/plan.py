@@ -20,7 +20,7 @@ from flwr.serverapp.strategy import (
 from omegaconf import DictConfig, OmegaConf
 
 from flip.config.strategies import sites_per_round
-from flip.federation.strategy import seeded_numpy
+from flip.privacy.central import CalibratedNoise, PoissonSampled
 from flip.privacy.percentile import PercentileFilterMod
 
 CENTRAL_DP = {
@@ -31,18 +31,8 @@ CENTRAL_DP = {
 }
 DP_MECHANISMS = (*CENTRAL_DP, "local_dp", "dp_sgd")
 # Metric key sites fill with 1.0 under central DP: every site then weighs the same in the mean,
-# which is what the noise (noise_multiplier * clipping_norm / sites) is calibrated for.
+# which is what the noise (noise_multiplier * clipping_norm / replies) is calibrated for.
 UNIFORM_WEIGHT = "dp-weight"
-
-
-class SeededNoise:
-    """Put in front of a Flower DP wrapper: its noise is drawn from a generator seeded per round."""
-
-    flip_seed: int
-
-    def aggregate_train(self, server_round, replies):
-        with seeded_numpy(f"{self.flip_seed}-noise-{server_round}"):
-            return super().aggregate_train(server_round, replies)
 
 
 @dataclass(frozen=True)
@@ -82,6 +72,24 @@ class PrivacyPlan:
         return self.settings.get("noise_multiplier")
 
     @property
+    def neighbours(self) -> str | None:
+        """The neighbouring relation: central DP's setting; local_dp: replace_one; dp_sgd: add_remove."""
+        if self.mechanism in CENTRAL_DP:
+            return self.settings.get("neighbours", "replace_one")
+        return {"local_dp": "replace_one", "dp_sgd": "add_remove"}.get(self.mechanism)
+
+    @property
+    def sampling_rate(self) -> float | None:
+        """Central DP with add_remove: the probability with which each site trains a round."""
+        return self.settings.get("sampling_rate") if self.neighbours == "add_remove" and self.mechanism in CENTRAL_DP else None
+
+    @property
+    def expected_sites(self) -> float:
+        """Sites a round trains: a fixed number, or on average q*N under Poisson sampling."""
+        rate = self.sampling_rate
+        return rate * self.num_sites if rate is not None else self.sites_per_round
+
+    @property
     def delta(self) -> float:
         """The delta epsilon is reported at (dp_sgd sites pick their own from their sample count)."""
         if self.settings.get("delta") is not None:
@@ -97,25 +105,29 @@ class PrivacyPlan:
     # -- server half
 
     def wrap_strategy(self, strategy: Strategy) -> Strategy:
-        """The strategy with the server half of the mechanism around it."""
+        """The strategy with the server half of the mechanism around it (see `flip.privacy.central`)."""
         wrapper = CENTRAL_DP.get(self.mechanism)
         if wrapper is None:
             return strategy
-        seeded = type(f"Flip{wrapper.__name__}", (SeededNoise, wrapper), {})
+        if self.sampling_rate is not None:
+            observer = getattr(getattr(strategy, "flip", None), "observer", None)
+            strategy = PoissonSampled(strategy, self.sampling_rate, self.num_sites, self.seed, observer)
+        calibrated = type(f"Flip{wrapper.__name__}", (CalibratedNoise, wrapper), {})
         s = self.settings
         if "fixed" in self.mechanism:
-            wrapped = seeded(strategy, s["noise_multiplier"], s["clipping_norm"], self.sites_per_round)
+            wrapped = calibrated(strategy, s["noise_multiplier"], s["clipping_norm"], self.expected_sites)
         else:
-            wrapped = seeded(
+            wrapped = calibrated(
                 strategy,
                 s["noise_multiplier"],
-                self.sites_per_round,
+                self.expected_sites,
                 initial_clipping_norm=s["initial_clipping_norm"],
                 target_clipped_quantile=s["target_clipped_quantile"],
                 clip_norm_lr=s["clip_norm_lr"],
                 clipped_count_stddev=s["clipped_count_stddev"],
             )
         wrapped.flip_seed = self.seed
+        wrapped.flip_denominator = self.sampling_rate * self.num_sites if self.sampling_rate is not None else None
         return wrapped
 
     def wrap_grid(self, grid: Any, timeout: float | None) -> Any:

@@ -1,34 +1,14 @@
-"""A site's own privacy policy, and the check that refuses a run weaker than it.
+"""A site's own privacy policy: the check that refuses a run weaker than it.
 
-A site reads its policy from its own settings (in simulation: `federation.sites` or
-`federation.sites_file`, stand-ins for each hospital's own config), never from the recipe.
-The check runs before the site touches its data, in the server's handshake and again in every
-round, and names each rule the run breaks.
+A site's policy is part of its own settings (`flip.federation.site_config`), never of the run's
+config. The check runs before the site touches its data, in the server's handshake and again in
+every round (`flip.federation.trust`), and names each rule the run breaks.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 from flip.config.schema_privacy import CENTRAL_DP, SitePolicy
-from flip.errors import ConfigError, FlipError
 from flip.privacy.plan import PrivacyPlan
-
-
-class PolicyRefusal(FlipError):
-    """A site refuses a run its privacy policy does not allow."""
-
-
-def site_policy(settings: dict[str, Any], where: str) -> SitePolicy:
-    """The `policy` of a site's settings, checked against its schema."""
-    from flip.config.validate import check_node
-
-    raw = settings.get("policy") or {}
-    problems = check_node(raw, SitePolicy, f"{where}.policy")
-    if problems:
-        raise ConfigError(problems, source=where)
-    return SitePolicy(**raw)
 
 
 def policy_refusals(policy: SitePolicy, plan: PrivacyPlan, num_rounds: int) -> list[str]:
@@ -85,6 +65,3 @@ def site_epsilon_cap(policy: SitePolicy, plan: PrivacyPlan) -> float | None:
     caps = [c for c in (plan.settings.get("max_epsilon"), policy.max_epsilon) if c is not None]
     return min(caps) if caps else None
 
-
-def as_dict(policy: SitePolicy) -> dict[str, Any]:
-    return dataclasses.asdict(policy)

@@ -12,6 +12,7 @@ import pytest
 from flip.config.recipes import resolve_recipe
 from flip.config.validate import validate
 from flip.privacy.accounting import projected_run_epsilon
+from flip.privacy.central import poisson_draws
 from flip.privacy.plan import PrivacyPlan
 from tests.conftest import FAST_OVERRIDES
 
@@ -41,7 +42,13 @@ def test_secure_dp_run_stops_before_the_round_that_would_exceed_the_budget(tmp_p
     rows = [row for row in csv.DictReader((run / "metrics.csv").open()) if row["split"] == "privacy"]
     assert {(row["round"], row["metric"]) for row in rows} == {("1", "epsilon"), ("1", "delta")}
     assert (run / "checkpoints" / "final.ckpt").is_file() and not (run / "checkpoints" / "round_2.ckpt").exists()
-    assert json.loads((run / "manifest.json").read_text())["privacy"]["epsilon"] == pytest.approx(first)
+    manifest = json.loads((run / "manifest.json").read_text())["privacy"]
+    assert manifest["epsilon"] == pytest.approx(first)
+    for block in (summary["privacy"], manifest):
+        assert (block["neighbours"], block["unit"], block["sampling"]) == ("replace_one", "site", "fixed_size")
+        assert block["releases"] == [
+            {"noise_to_sensitivity": 0.5, "sampling": "fixed_size", "population": 2, "sample_size": 2, "sampling_rate": None, "count": 1}
+        ]
     assert "stopped early: round 2 would spend epsilon" in result.stdout
 
 
@@ -56,3 +63,25 @@ def test_a_site_policy_refuses_a_weaker_run_and_the_researcher_sees_why(tmp_path
     ) in result.stderr
     (manifest,) = (tmp_path / "runs").rglob("manifest.json")
     assert json.loads(manifest.read_text())["status"] == "failed"
+
+
+def test_add_remove_run_poisson_samples_its_sites_and_accounts_every_round(tmp_path):
+    """Which sites trained each round is the seeded Poisson sample; a round without any still counts."""
+    rate, rounds = 0.5, 3
+    private = [
+        *SIM, "seed=10", "privacy=dp_client_fixed", "privacy.neighbours=add_remove", f"privacy.sampling_rate={rate}",
+        f"federation.num_rounds={rounds}",
+    ]
+    plan = PrivacyPlan.from_config(validate(resolve_recipe("dicom_synthetic_fedavg"), private))
+    result = flip_run(tmp_path, "dicom_synthetic_fedavg", *private)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (summary_path,) = (tmp_path / "runs").rglob("summary.json")
+    privacy = json.loads(summary_path.read_text())["privacy"]
+    assert (privacy["neighbours"], privacy["sampling"], privacy["sampling_rate"]) == ("add_remove", "poisson", rate)
+    assert privacy["epsilon"] == pytest.approx(projected_run_epsilon(plan, rounds))
+    rows = list(csv.DictReader((summary_path.parent / "metrics.csv").open()))
+    trained = {(int(row["round"]), row["site"]) for row in rows if row["split"] == "train" and row["metric"] == "loss"}
+    expected = {(r, f"site-{i + 1}") for r in range(1, rounds + 1) for i, u in enumerate(poisson_draws(plan.seed, r, 2)) if u < rate}
+    assert trained == expected
+    assert sorted(sum(r == n for r, _ in expected) for n in range(1, rounds + 1)) == [0, 1, 2]  # seed 10: 1, 0, 2 sites
+    assert [row["round"] for row in rows if row["metric"] == "epsilon"] == [str(r) for r in range(1, rounds + 1)]
