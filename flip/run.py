@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from flip.audit.manifest import now_iso, start_manifest
 from flip.config.allowlist import AllowList, entry_problems, target_problems
-from flip.config.rules import rule_problems
+from flip.experiment.rules import rule_problems
 from flip.errors import ConfigError
 from flip.results import config_sha256, write_json
 from flip.run_types import ModeResult

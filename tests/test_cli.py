@@ -93,7 +93,7 @@ def test_data_inspect_reports_every_site_and_every_skipped_file_as_json(tmp_path
 
     from pydicom.data import get_testdata_file
 
-    from flip.data.synthetic import write_synthetic_dicom
+    from flip.data.synthetic.dataset import write_synthetic_dicom
 
     root = write_synthetic_dicom(tmp_path / "data", num_sites=2, images_per_site=12, image_size=32, seed=3)
     (root / "site-2" / "dicom" / "broken.dcm").write_bytes(b"not a dicom file at all")

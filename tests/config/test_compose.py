@@ -7,9 +7,9 @@ import re
 import pytest
 from omegaconf import OmegaConf
 
-from flip.config.rules import IMPLEMENTED_MODES
-from flip.config.recipes import list_recipes, read_header, resolve_recipe
-from flip.config.validate import config_problems, validate
+from flip.experiment.rules import IMPLEMENTED_MODES
+from flip.experiment.recipes import list_recipes, read_header, resolve_recipe
+from flip.experiment.validate import config_problems, validate
 from flip.paths import DEFAULT_RECIPE
 from tests.conftest import option_files, recipe_files
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from flip.config.recipes import resolve_recipe
-from flip.config.validate import config_problems, validate, validate_sweep
+from flip.experiment.recipes import resolve_recipe
+from flip.experiment.validate import config_problems, validate, validate_sweep
 from flip.errors import ConfigError, FlipError
 from tests.conftest import write_recipe
 
@@ -29,10 +29,10 @@ model:
 def test_bad_recipe_lists_every_problem(tmp_path):
     recipe = write_recipe(tmp_path, BAD_RECIPE, "bad")
     assert config_problems(recipe, []) == [
+        "seed: expected an int, got 'lots'",
         "data.root: missing value",
         "model.dropout: expected a float, got [0.1]",
         "trainer.max_epoch: unknown key (did you mean 'max_epochs'?)",
-        "seed: expected an int, got 'lots'",
         "model.optimizer._target_: 'os.system' is not an allowed optimizer (allowed: a class in torch.optim, "
         "and what the builder lists in its own allowed_targets) (rule: allow-list)",
     ]
@@ -54,9 +54,9 @@ def test_bad_overrides_are_all_reported():
         "override 'seed=[': no viable alternative at input '['",
         "data: no option 'nope' (available: dicom, fhir, multimodal, synthetic_dicom, text)",
         "trainer.max_epoch: unknown key (did you mean 'max_epochs'?) (override 'trainer.max_epoch=3')",
+        "monitor_mode: expected one of min, max, got 'highest'",
         "trainer.max_epochs: expected an int, got 'lots'",
         "privacy.noise_multiplier: unknown key",
-        "monitor_mode: expected one of min, max, got 'highest'",
         "data.val_fraction + data.test_fraction: must leave data to train on, got 0.7 + 0.5",
     ]
 

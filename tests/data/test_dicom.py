@@ -26,11 +26,11 @@ from pydicom.uid import generate_uid
 
 from flip.data import default_cache_dir
 from flip.data.base import split_by_patient
-from flip.data.dicom import DicomDataModule, load_image, read_manifest
-from flip.data import dicom_pixels
-from flip.data.dicom_files import GEOMETRY_KEYWORDS, HEADER_KEYWORDS, header_text
-from flip.data.dicom_pixels import load_frames
-from flip.data.synthetic import write_synthetic_dicom
+from flip.data.dicom.datamodule import DicomDataModule, load_image, read_manifest
+from flip.data.dicom import pixels as dicom_pixels
+from flip.data.dicom.files import GEOMETRY_KEYWORDS, HEADER_KEYWORDS, header_text
+from flip.data.dicom.pixels import load_frames
+from flip.data.synthetic.dataset import write_synthetic_dicom
 from flip.models.volume import VolumeClassifier
 
 SMALL = {"num_sites": 2, "images_per_site": 40, "image_size": 32, "seed": 1}
@@ -50,7 +50,7 @@ def synthetic_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def synthetic_site(synthetic_root) -> DicomDataModule:
-    dm = DicomDataModule(root=synthetic_root, site="site-1", image_size=32, batch_size=8, seed=3)
+    dm = DicomDataModule(min_samples=1, root=synthetic_root, site="site-1", image_size=32, batch_size=8, seed=3)
     dm.setup()
     return dm
 
@@ -128,7 +128,7 @@ def test_split_is_deterministic_per_seed():
 
 
 def test_same_seed_gives_same_batches(synthetic_root, synthetic_site):
-    twin = DicomDataModule(root=synthetic_root, site="site-1", image_size=32, batch_size=8, seed=3)
+    twin = DicomDataModule(min_samples=1, root=synthetic_root, site="site-1", image_size=32, batch_size=8, seed=3)
     twin.setup()
     for split in ("train", "val", "test"):
         for mine, theirs in zip(twin.datasets[split].tensors, synthetic_site.datasets[split].tensors, strict=True):
@@ -146,19 +146,19 @@ def test_fingerprint_tracks_labels_but_not_patients(synthetic_root, synthetic_si
     site = shutil.copytree(synthetic_root / "site-1", tmp_path / "site-1")
     rows = list(csv.DictReader((site / "labels.csv").open()))
     write_csv(site / "labels.csv", [{**row, "PatientID": "anonymous"} for row in rows])
-    same = DicomDataModule(root=site, image_size=32)
+    same = DicomDataModule(min_samples=1, root=site, image_size=32)
     same.setup()
     assert same.fingerprint == synthetic_site.fingerprint
     flipped = [{**rows[0], "label": 1 - int(rows[0]["label"])}, *rows[1:]]
     write_csv(site / "labels.csv", flipped)
-    changed = DicomDataModule(root=site, image_size=32)
+    changed = DicomDataModule(min_samples=1, root=site, image_size=32)
     changed.setup()
     assert changed.fingerprint != synthetic_site.fingerprint
 
 
 def test_second_setup_does_not_read_files_again(synthetic_root, tmp_path):
     site = shutil.copytree(synthetic_root / "site-2", tmp_path / "site-2")
-    dm = DicomDataModule(root=site, image_size=32)
+    dm = DicomDataModule(min_samples=1, root=site, image_size=32)
     dm.setup("fit")
     train = dm.datasets["train"]
     shutil.rmtree(site / "dicom")
@@ -168,7 +168,7 @@ def test_second_setup_does_not_read_files_again(synthetic_root, tmp_path):
 
 def test_synthetic_parameters_generate_into_the_cache(tmp_path):
     params = {**SMALL, "num_sites": 1}
-    dm = DicomDataModule(synthetic=params, site="site-1", cache_dir=tmp_path, image_size=32)
+    dm = DicomDataModule(min_samples=1, synthetic=params, site="site-1", cache_dir=tmp_path, image_size=32)
     dm.prepare_data()
     dm.setup()
     assert dm.root.parent == tmp_path / "synthetic_dicom"
@@ -187,7 +187,7 @@ def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
 
 
 def test_real_files_load_and_bad_files_are_skipped_with_reasons(real_folder, caplog):
-    dm = DicomDataModule(root=real_folder, key_column="path", image_size=16, val_fraction=0.0, test_fraction=0.0)
+    dm = DicomDataModule(min_samples=1, root=real_folder, key_column="path", image_size=16, val_fraction=0.0, test_fraction=0.0)
     with caplog.at_level(logging.WARNING, logger="flip.data"):
         dm.setup()
     assert dm.num_items_found == 4
@@ -211,7 +211,7 @@ def test_real_files_load_and_bad_files_are_skipped_with_reasons(real_folder, cap
 def test_keying_by_sop_instance_uid(real_folder):
     uid = pydicom.dcmread(real_folder / "ct.dcm", stop_before_pixels=True).SOPInstanceUID
     write_csv(real_folder / "labels.csv", [{"SOPInstanceUID": uid, "label": 1}])
-    dm = DicomDataModule(root=real_folder, image_size=16, val_fraction=0.0, test_fraction=0.0)
+    dm = DicomDataModule(min_samples=1, root=real_folder, image_size=16, val_fraction=0.0, test_fraction=0.0)
     dm.setup()
     assert dm.num_items_found == 1 and dm.label_counts == {1: 1}
 
@@ -246,7 +246,7 @@ def test_folder_without_usable_images_is_an_error(tmp_path):
     (tmp_path / "notes.txt").write_text("nothing here\n")
     write_csv(tmp_path / "labels.csv", [{"path": "notes.txt", "label": 0}])
     with pytest.raises(ValueError, match=str(tmp_path)):
-        DicomDataModule(root=tmp_path, key_column="path").setup()
+        DicomDataModule(min_samples=1, root=tmp_path, key_column="path").setup()
 
 
 @pytest.mark.parametrize(
@@ -269,12 +269,12 @@ def test_folder_without_usable_images_is_an_error(tmp_path):
 )
 def test_invalid_arguments_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        DicomDataModule(**kwargs)
+        DicomDataModule(min_samples=1, **kwargs)
 
 
 def test_missing_label_column_is_reported(real_folder):
     with pytest.raises(ValueError, match="missing column"):
-        DicomDataModule(root=real_folder, key_column="path", label_column="diagnosis").setup()
+        DicomDataModule(min_samples=1, root=real_folder, key_column="path", label_column="diagnosis").setup()
 
 
 class TinyClassifier(L.LightningModule):
@@ -297,7 +297,7 @@ class TinyClassifier(L.LightningModule):
 
 
 def test_lightning_trainer_fits_on_the_data_module(synthetic_root, tmp_path):
-    dm = DicomDataModule(root=synthetic_root, site="site-2", image_size=32, batch_size=8)
+    dm = DicomDataModule(min_samples=1, root=synthetic_root, site="site-2", image_size=32, batch_size=8)
     trainer = L.Trainer(
         max_epochs=1, limit_train_batches=2, accelerator="cpu", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
@@ -398,7 +398,7 @@ def test_frames_option_picks_the_first_the_middle_or_all_frames():
 def test_frames_all_makes_one_item_per_frame(tmp_path):
     shutil.copy(pydicom_file("SC_rgb_rle_2frame.dcm"), tmp_path / "cine.dcm")
     write_csv(tmp_path / "labels.csv", [{"path": "cine.dcm", "label": 1}])
-    dm = DicomDataModule(root=tmp_path, key_column="path", image_size=8, frames="all", val_fraction=0, test_fraction=0)
+    dm = DicomDataModule(min_samples=1, root=tmp_path, key_column="path", image_size=8, frames="all", val_fraction=0, test_fraction=0)
     dm.setup()
     assert dm.num_items_found == 2 and dm.label_counts == {1: 2}
     images = dm.datasets["train"].tensors[0]
@@ -461,7 +461,7 @@ def with_transfer_syntax(source: Path, target: Path, uid: str) -> Path:
 def test_a_transfer_syntax_without_decoder_is_skipped_with_its_name(tmp_path, uid, reason):
     with_transfer_syntax(pydicom_file("SC_rgb_jpeg_gdcm.dcm"), tmp_path / "new.dcm", uid)
     shutil.copy(pydicom_file("CT_small.dcm"), tmp_path / "ct.dcm")
-    dm = DicomDataModule(root=tmp_path, labels=None, require_labels=False, image_size=8, val_fraction=0, test_fraction=0)
+    dm = DicomDataModule(min_samples=1, root=tmp_path, labels=None, require_labels=False, image_size=8, val_fraction=0, test_fraction=0)
     dm.setup()
     assert dm.skipped == [("new.dcm", reason)]
     assert dm.transfer_syntaxes[reason.removeprefix("no decoder installed for ").split(" (1.2")[0]] == 1
@@ -507,7 +507,7 @@ def ct5n_by_position() -> tuple[list[pydicom.Dataset], np.ndarray]:
 def volume_module(root: Path, **kwargs) -> DicomDataModule:
     options = {"mode": "volume", "labels": None, "require_labels": False, "key_column": "SeriesInstanceUID",
                "val_fraction": 0.0, "test_fraction": 0.0, **kwargs}  # fmt: skip
-    dm = DicomDataModule(root=root, **options)
+    dm = DicomDataModule(min_samples=1, root=root, **options)
     dm.setup()
     return dm
 
@@ -601,20 +601,20 @@ def test_a_row_keyed_at_a_coarser_level_labels_every_image_under_it(two_patients
     values = sorted({str(ds.get(column)) for ds in headers()})
     label_of = {value: index % 2 for index, value in enumerate(values)}
     write_csv(two_patients / "labels.csv", [{column: value, "label": label} for value, label in label_of.items()])
-    dm = DicomDataModule(root=two_patients, key_column=column, image_size=8, val_fraction=0.0, test_fraction=0.0)
+    dm = DicomDataModule(min_samples=1, root=two_patients, key_column=column, image_size=8, val_fraction=0.0, test_fraction=0.0)
     dm.setup()
     expected = Counter(label_of[str(ds.get(column))] for ds in headers())
     assert dm.label_counts == dict(expected) and dm.num_items_found == 14 and dm.skipped == []
 
 
 def test_labels_from_a_header_keyword(two_patients):
-    dm = DicomDataModule(root=two_patients, labels=None, label_attribute="BodyPartExamined",
+    dm = DicomDataModule(min_samples=1, root=two_patients, labels=None, label_attribute="BodyPartExamined",
                          label_map={"CSPINE": 0, "HEAD": 1}, image_size=8, val_fraction=0, test_fraction=0)  # fmt: skip
     dm.setup()
     assert dm.label_counts == {0: 3, 1: 4}  # CR films of the c-spine, CT slices of the head
     reasons = dict(dm.skipped)
     assert len(reasons) == 7 and set(reasons.values()) == {"no label: the header has no BodyPartExamined value"}
-    unknown = DicomDataModule(root=two_patients, label_attribute="BodyPartExamined", label_map={"CSPINE": 0},
+    unknown = DicomDataModule(min_samples=1, root=two_patients, label_attribute="BodyPartExamined", label_map={"CSPINE": 0},
                               require_labels=False, image_size=8, val_fraction=0, test_fraction=0)  # fmt: skip
     unknown.setup()
     assert unknown.label_counts == {0: 3} and unknown.unlabelled == 7  # no value: unlabelled, not an error here
@@ -630,7 +630,7 @@ def test_labels_from_a_private_tag(tmp_path):
         block.add_new(0x01, "LO", value)
         assert block.get_tag(0x01) == 0x00771001
         ds.save_as(tmp_path / name)
-    dm = DicomDataModule(root=tmp_path, labels=None, label_attribute="(0077,1001)", num_classes=2, image_size=8,
+    dm = DicomDataModule(min_samples=1, root=tmp_path, labels=None, label_attribute="(0077,1001)", num_classes=2, image_size=8,
                          val_fraction=0, test_fraction=0)  # fmt: skip
     dm.setup()
     assert dm.label_counts == {0: 1, 1: 1}
@@ -665,7 +665,7 @@ def test_label_keys_outside_ascii_are_decoded_with_the_character_set(tmp_path):
     raw = pydicom.dcmread(tmp_path / "2.dcm").get_item(0x00100020).value
     assert raw.isascii() and b"\x1b" in raw  # ASCII bytes that still need the character set
     write_csv(tmp_path / "labels.csv", [{"PatientID": patient, "label": i % 2} for i, patient in enumerate(patients.values())])
-    dm = DicomDataModule(root=tmp_path, key_column="PatientID", image_size=8, val_fraction=0, test_fraction=0)
+    dm = DicomDataModule(min_samples=1, root=tmp_path, key_column="PatientID", image_size=8, val_fraction=0, test_fraction=0)
     dm.setup()
     assert dm.skipped == [] and dm.label_counts == {0: 2, 1: 1}
 
@@ -675,7 +675,7 @@ def test_rows_without_images_and_unknown_labels_are_reported(real_folder, caplog
     missing = [f"1.2.3.{index}" for index in range(7)]
     rows = [{"SOPInstanceUID": ct, "label": "1"}, {"SOPInstanceUID": mr, "label": "2"}]
     write_csv(real_folder / "labels.csv", rows + [{"SOPInstanceUID": uid, "label": "0"} for uid in missing])
-    dm = DicomDataModule(root=real_folder, num_classes=2, image_size=8, val_fraction=0, test_fraction=0)
+    dm = DicomDataModule(min_samples=1, root=real_folder, num_classes=2, image_size=8, val_fraction=0, test_fraction=0)
     with caplog.at_level(logging.WARNING, logger="flip.data"):
         dm.setup()
     reasons = dict(dm.skipped)
@@ -689,7 +689,7 @@ def test_rows_without_images_and_unknown_labels_are_reported(real_folder, caplog
 def test_named_labels_map_through_label_map(real_folder):
     rows = [{"path": "ct.dcm", "label": "benign"}, {"path": "mr/mr.dcm", "label": "malignant"}, {"path": "rgb.dcm", "label": "cat"}]
     write_csv(real_folder / "labels.csv", rows)
-    dm = DicomDataModule(root=real_folder, key_column="path", label_map={"benign": 0, "malignant": 1}, image_size=8,
+    dm = DicomDataModule(min_samples=1, root=real_folder, key_column="path", label_map={"benign": 0, "malignant": 1}, image_size=8,
                          val_fraction=0, test_fraction=0)  # fmt: skip
     dm.setup()
     assert dm.label_counts == {0: 1, 1: 1}
@@ -697,15 +697,15 @@ def test_named_labels_map_through_label_map(real_folder):
 
 
 def test_without_a_label_source_every_image_is_unlabelled_not_an_error(real_folder):
-    dm = DicomDataModule(root=real_folder, labels=None, require_labels=False, image_size=8, val_fraction=0, test_fraction=0)
+    dm = DicomDataModule(min_samples=1, root=real_folder, labels=None, require_labels=False, image_size=8, val_fraction=0, test_fraction=0)
     dm.setup()
     assert dm.num_items_found == dm.unlabelled == 5 and dm.label_counts == {}
     assert sorted(dict(dm.skipped)) == ["mr/truncated.dcm", "notes.bin", "plan.dcm"]
-    no_file = DicomDataModule(root=real_folder, labels="missing.csv", require_labels=False, image_size=8)
+    no_file = DicomDataModule(min_samples=1, root=real_folder, labels="missing.csv", require_labels=False, image_size=8)
     no_file.setup()
     assert no_file.unlabelled == 5 and ("missing.csv", "labels CSV not found: every item is unlabelled") in no_file.skipped
     with pytest.raises(FileNotFoundError, match="missing.csv"):
-        DicomDataModule(root=real_folder, labels="missing.csv", image_size=8).setup()
+        DicomDataModule(min_samples=1, root=real_folder, labels="missing.csv", image_size=8).setup()
 
 
 # -- site layout
@@ -724,16 +724,16 @@ def test_dicom_dir_scans_only_that_folder_and_labels_stay_at_the_site(tmp_path):
     (site / "notes" / "p1.txt").write_text("no acute findings\n")
     write_csv(site / "notes" / "labels.csv", [{"note": "p1", "label": 0}])
     write_csv(site / "labels.csv", [{"path": "dicom/ct.dcm", "label": 0}, {"path": "dicom/mr/mr.dcm", "label": 1}])
-    dm = DicomDataModule(root=tmp_path, site="site-1", dicom_dir="dicom", key_column="path", image_size=8,
+    dm = DicomDataModule(min_samples=1, root=tmp_path, site="site-1", dicom_dir="dicom", key_column="path", image_size=8,
                          val_fraction=0, test_fraction=0)  # fmt: skip
     dm.setup()
     assert dm.found_files == 2 and dm.skipped == [] and dm.label_counts == {0: 1, 1: 1}
     assert dm.files_used == ["dicom/ct.dcm", "dicom/mr/mr.dcm"]
-    whole = DicomDataModule(root=site, key_column="path", image_size=8, val_fraction=0, test_fraction=0)
+    whole = DicomDataModule(min_samples=1, root=site, key_column="path", image_size=8, val_fraction=0, test_fraction=0)
     whole.setup()  # sidecars (.ndjson, .txt, .csv) are not read; the ICC profile is reported
     assert whole.found_files == 3 and whole.skipped == [("other/profile.icc", "not a DICOM file")]
     with pytest.raises(FileNotFoundError, match="DICOM folder not found"):
-        DicomDataModule(root=site, dicom_dir="images").setup()
+        DicomDataModule(min_samples=1, root=site, dicom_dir="images").setup()
 
 
 # -- the decoded cache
@@ -741,7 +741,7 @@ def test_dicom_dir_scans_only_that_folder_and_labels_stay_at_the_site(tmp_path):
 def setup_and_report(root: Path, cache: Path) -> dict:
     """Set a module up over `root` with this cache; what a later run would compare."""
     decodes = dicom_pixels.DECODES
-    dm = DicomDataModule(root=root, key_column="path", image_size=16, val_fraction=0, test_fraction=0, cache_dir=cache)
+    dm = DicomDataModule(min_samples=1, root=root, key_column="path", image_size=16, val_fraction=0, test_fraction=0, cache_dir=cache)
     dm.setup()
     images = dm.datasets["train"].tensors[0]
     return {"decodes": dicom_pixels.DECODES - decodes, "items": dm.num_items_found, "fingerprint": dm.fingerprint,
@@ -799,7 +799,7 @@ def test_other_settings_decode_again_and_volumes_are_cached(tmp_path):
 
 def test_a_damaged_cache_is_rebuilt_not_trusted(real_folder, tmp_path):
     def setup() -> DicomDataModule:
-        dm = DicomDataModule(root=real_folder, key_column="path", image_size=16, cache_dir=tmp_path, val_fraction=0, test_fraction=0)
+        dm = DicomDataModule(min_samples=1, root=real_folder, key_column="path", image_size=16, cache_dir=tmp_path, val_fraction=0, test_fraction=0)
         dm.setup()
         return dm
 

@@ -26,9 +26,9 @@ import torch
 from pydicom.data import get_testdata_files
 from pydicom.errors import InvalidDicomError
 
-from flip.data.dicom import DicomDataModule
-from flip.data.dicom_files import RAW_DATASET, is_ignored
-from flip.data.dicom_pixels import describe, transfer_syntax, transfer_syntax_name
+from flip.data.dicom.datamodule import DicomDataModule
+from flip.data.dicom.files import RAW_DATASET, is_ignored
+from flip.data.dicom.pixels import describe, transfer_syntax, transfer_syntax_name
 
 # Reasons flip may give for pixels pydicom decodes: things flip deliberately does not turn into images.
 DOCUMENTED_LIMITATIONS = ("unsupported PhotometricInterpretation",)
@@ -88,7 +88,7 @@ def corpus(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
 @pytest.fixture(scope="module")
 def flip_report(corpus, tmp_path_factory) -> DicomDataModule:
     folder, _ = corpus
-    dm = DicomDataModule(
+    dm = DicomDataModule(min_samples=1, 
         root=folder, labels=None, require_labels=False, image_size=8, val_fraction=0.0, test_fraction=0.0,
         cache_dir=tmp_path_factory.mktemp("cache"),
     )  # fmt: skip

@@ -28,9 +28,12 @@ from fhir.resources.R4B.quantity import Quantity
 from fhir.resources.R4B.reference import Reference
 from omegaconf import OmegaConf
 
-from flip.config.schema_fhir import FHIR_SCHEMAS, FhirDataConfig, fhir_problems
-from flip.data.fhir import CHUNK_SIZE, FhirDataModule
-from flip.data.fhir_features import num_features
+from flip.experiment.recipes import resolve_recipe
+from flip.experiment.validate import validate
+from flip.data.fhir.schema import FhirDataConfig, fhir_problems
+from flip.experiment.catalog import SCHEMAS
+from flip.data.fhir.datamodule import CHUNK_SIZE, FhirDataModule
+from flip.data.fhir.features import num_features
 from flip.models.tabular import TabularClassifier
 from flip.paths import CONF_DIR
 
@@ -141,7 +144,7 @@ def site(tmp_path_factory) -> Path:
 def module(root: Path, tmp_path: Path | None = None, **kwargs) -> FhirDataModule:
     settings = dict(root=root, index_date="2024-01-01", features=FEATURES, label=LABEL, val_fraction=0.0,
                     test_fraction=0.0, standardize=False, cache_dir=tmp_path, cache=tmp_path is not None)
-    dm = FhirDataModule(**{**settings, **kwargs})
+    dm = FhirDataModule(**{"min_samples": 1, **settings, **kwargs})
     dm.setup("fit")
     return dm
 
@@ -198,8 +201,8 @@ def test_unusable_records_are_reported_with_place_and_reason(site, tmp_path):
 
 def test_label_is_required_unless_inspecting(site, tmp_path):
     with pytest.raises(ValueError, match="needs `label`"):
-        FhirDataModule(root=site, index_date="2024-01-01", features=FEATURES)
-    dm = FhirDataModule(root=site, index_date="2024-01-01", features=FEATURES, require_labels=False, cache_dir=tmp_path)
+        FhirDataModule(min_samples=1, root=site, index_date="2024-01-01", features=FEATURES)
+    dm = FhirDataModule(min_samples=1, root=site, index_date="2024-01-01", features=FEATURES, require_labels=False, cache_dir=tmp_path)
     with pytest.raises(ValueError, match="0 usable item"):
         dm.setup("fit")
     assert dm.unlabelled == 4
@@ -249,7 +252,7 @@ def test_missing_fhir_folder_is_a_clear_error(tmp_path):
 def test_bad_settings_are_reported_together():
     bad = {**FEATURES, "observations": [{"name": "crp", "code": "1988-5", "aggregate": "median", "window_days": 0}]}
     with pytest.raises(ValueError) as error:
-        FhirDataModule(root=".", index_date="2024-13-01", features=bad, label={"resource": "Encounter", "codes": []}, missing="impute")
+        FhirDataModule(min_samples=1, root=".", index_date="2024-13-01", features=bad, label={"resource": "Encounter", "codes": []}, missing="impute")
     text = str(error.value)
     for expected in ("data.features.observations[0].aggregate: must be one of latest, mean, min, max, count, got 'median'",
                      "data.features.observations[0].window_days: must be a positive number of days, got 0",
@@ -297,7 +300,7 @@ def test_trains_with_the_tabular_model(tmp_path):
     sick = [i for i in range(48) if i % 2]
     write_ndjson(site / "Condition.ndjson", [condition(f"c{i}", f"t{i}", PNEUMONIA) for i in sick])
     write_ndjson(site / "Observation.ndjson", [observation(f"o{i}", f"t{i}", "1988-5", rng.uniform(20, 90) if i in sick else rng.uniform(0, 10), "mg/L", "2023-11-01") for i in range(48)])
-    dm = FhirDataModule(root=site, index_date="2024-01-01", features={"observations": FEATURES["observations"][:1]}, label=LABEL,
+    dm = FhirDataModule(min_samples=1, root=site, index_date="2024-01-01", features={"observations": FEATURES["observations"][:1]}, label=LABEL,
                         batch_size=8, seed=3, cache=False)
     dm.setup("fit")
     assert dm.split_sizes == (28, 10, 10)
@@ -323,12 +326,12 @@ def test_yaml_option_matches_its_schema():
     assert num_features(cfg) == 2 + 4 + 4 + 3 + 3  # age (+missing), gender, 4 labs (+3 missing columns), 3 conditions
     model = OmegaConf.load(CONF_DIR / "model" / "tabular_mlp.yaml")
     model.pop("defaults")
-    assert OmegaConf.merge(OmegaConf.structured(FHIR_SCHEMAS["model/tabular_mlp"]), model).in_features is None
+    assert OmegaConf.merge(OmegaConf.structured(SCHEMAS["model/tabular_mlp"]), model).in_features is None
 
 
 def test_yaml_spec_reads_the_synthetic_export(tmp_path):
     """The option's spec on flip's generated sites: every resource usable, both labels present."""
-    option = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "data" / "fhir.yaml"))
+    option = OmegaConf.to_container(validate(resolve_recipe(None), ["data=fhir", "data.root=/x"]).data)
     spec = {key: option[key] for key in ("fhir_dir", "fhir_version", "index_date", "features", "label", "missing")}
     synthetic = {"num_sites": 2, "images_per_site": 24, "image_size": 16, "seed": 5}
     dm = FhirDataModule(root=None, site="site-2", synthetic=synthetic, cache_dir=tmp_path, min_samples=10, **spec)

@@ -9,9 +9,9 @@ import lightning as L
 import pytest
 import torch
 
-from flip.config.recipes import resolve_recipe
-from flip.config.validate import validate
-from flip.data.synthetic import write_synthetic_dicom
+from flip.experiment.recipes import resolve_recipe
+from flip.experiment.validate import validate
+from flip.data.synthetic.dataset import write_synthetic_dicom
 from flip.training import build_datamodule, build_model
 
 SMALL = {"num_sites": 2, "images_per_site": 40, "image_size": 32, "seed": 4}
@@ -67,7 +67,7 @@ def test_fusion_model_trains_on_the_join(root):
 
 
 def test_modalities_must_agree_between_data_and_model(root):
-    from flip.config.validate import config_problems
+    from flip.experiment.validate import config_problems
 
     problems = config_problems(resolve_recipe("multimodal_synthetic_local"), [
         "data.text=null", "data.label_from=text", "data.missing=sometimes",

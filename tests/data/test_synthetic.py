@@ -15,7 +15,7 @@ import pytest
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from flip.data.synthetic import GENERATOR_VERSION, cache_key, ensure_synthetic_dicom, write_synthetic_dicom
+from flip.data.synthetic.dataset import GENERATOR_VERSION, cache_key, ensure_synthetic_dicom, write_synthetic_dicom
 
 SMALL = {"num_sites": 3, "images_per_site": 40, "image_size": 32, "seed": 0}
 REQUIRED_ATTRIBUTES = [

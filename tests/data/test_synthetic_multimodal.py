@@ -16,7 +16,7 @@ import pydicom
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
-from flip.data.synthetic import write_synthetic_dicom
+from flip.data.synthetic.dataset import write_synthetic_dicom
 
 SMALL = {"num_sites": 3, "images_per_site": 60, "image_size": 16, "seed": 0}
 RESOURCE_TYPES = ["Condition", "DocumentReference", "Observation", "Patient"]

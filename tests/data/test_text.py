@@ -24,9 +24,11 @@ from fhir.resources.R4B.patient import Patient
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from flip.config.schema_text import TEXT_SCHEMAS, TextClassifierConfig, TextDataConfig, text_model_problems, text_problems
-from flip.data.text import TextDataModule
-from flip.data.tokenize import PAD, HashedNgrams, bucket, ngrams, words
+from flip.data.text.schema import SCHEMAS as TEXT_SCHEMAS, TextDataConfig, text_problems
+from flip.experiment.rules import text_model_problems
+from flip.models.schema import TextClassifierConfig
+from flip.data.text.datamodule import TextDataModule
+from flip.data.text.tokenize import PAD, HashedNgrams, bucket, ngrams, words
 from flip.models.text import TextClassifier
 from flip.paths import CONF_DIR
 
@@ -91,7 +93,7 @@ def test_hashed_ids_pad_truncate_and_stay_in_range():
 def test_tokenizer_is_stable_across_processes():
     text = "Erythematous plaques with silvery scale; no joint pain."
     code = (
-        "from flip.data.tokenize import HashedNgrams; import json, sys; "
+        "from flip.data.text.tokenize import HashedNgrams; import json, sys; "
         "print(json.dumps(HashedNgrams(1 << 14).ids(sys.argv[1])))"
     )
     ids = []
@@ -186,7 +188,7 @@ def test_too_few_usable_notes_fail_with_one_message(folder_site):
 
 def test_without_labels_every_note_is_reported_unlabelled(tmp_path):
     site = write_notes_site(tmp_path, num_patients=3)
-    dm = TextDataModule(root=site, labels=None)
+    dm = TextDataModule(min_samples=1, root=site, labels=None)
     assert dm.load_items(site) == [] and {r for _, r in dm.skipped} == {"no label for this note"}
 
 
@@ -208,8 +210,8 @@ def test_jsonl_source_plain_and_gzipped(tmp_path):
     (tmp_path / "notes.jsonl").write_bytes(raw)
     (tmp_path / "notes.jsonl.gz").write_bytes(gzip.compress(raw))
     kwargs = dict(format="jsonl", id_column="id", text_column="body", label_column="y", patient_column="pid", num_buckets=512)
-    plain = TextDataModule(root=tmp_path, file="notes.jsonl", **kwargs)
-    packed = TextDataModule(root=tmp_path, file="notes.jsonl.gz", **kwargs)
+    plain = TextDataModule(min_samples=1, root=tmp_path, file="notes.jsonl", **kwargs)
+    packed = TextDataModule(min_samples=1, root=tmp_path, file="notes.jsonl.gz", **kwargs)
     items = plain.load_items(tmp_path)
     assert [i.key for i in items] == [f"n{i}" for i in range(10)] and items[3].patient == "p3"
     assert [i.key for i in packed.load_items(tmp_path)] == [i.key for i in items]
@@ -228,7 +230,7 @@ def test_csv_source_with_multiline_text_and_bad_rows(tmp_path):
     write_csv(tmp_path / "notes.csv", rows)
     with (tmp_path / "notes.csv").open("ab") as handle:
         handle.write(b'"caf\xe9 au lait spots",1,c\r\n"no label here",,d\r\n"fine text",two,e\r\n')
-    dm = TextDataModule(root=tmp_path, format="csv", file="notes.csv", num_buckets=512)
+    dm = TextDataModule(min_samples=1, root=tmp_path, format="csv", file="notes.csv", num_buckets=512)
     items = dm.load_items(tmp_path)
     assert [(i.key, i.label, i.patient) for i in items] == [("notes.csv:3", 1, "a"), ("notes.csv:4", 0, "b")]
     assert skipped(dm) == {
@@ -298,7 +300,7 @@ def test_fhir_resources_round_trip(fhir_site):
 
 
 def test_fhir_attachments_become_notes_and_bad_ones_are_skipped(fhir_site):
-    dm = TextDataModule(root=fhir_site, format="fhir", num_buckets=1024)
+    dm = TextDataModule(min_samples=1, root=fhir_site, format="fhir", num_buckets=1024)
     items = {item.key: item for item in dm.load_items(fhir_site)}
     expected = {f"DocumentReference/d{i}" for i in range(8)} | {f"DiagnosticReport/r{i}" for i in range(4)}
     assert set(items) == expected | {"DocumentReference/mixed#1", "DocumentReference/declared"}
@@ -324,18 +326,18 @@ def test_fhir_version_is_checked_and_the_other_version_named(fhir_site):
     r5 = json.loads((fhir_site / "fhir" / "DocumentReference.ndjson").read_text().splitlines()[0])
     r5.update(id="r5doc", context=[{"reference": "Encounter/e1"}])
     (fhir_site / "fhir" / "More.ndjson").write_text(json.dumps(r5) + "\n")
-    dm = TextDataModule(root=fhir_site, format="fhir", num_buckets=1024)
+    dm = TextDataModule(min_samples=1, root=fhir_site, format="fhir", num_buckets=1024)
     dm.load_items(fhir_site)
     reason = skipped(dm)["More.ndjson:1"]
     assert reason.startswith("invalid R4B DocumentReference: context") and reason.endswith("(it looks like R5)")
-    r5_only = TextDataModule(root=fhir_site, format="fhir", fhir_version="R5", fhir_dir="fhir", num_buckets=1024)
+    r5_only = TextDataModule(min_samples=1, root=fhir_site, format="fhir", fhir_version="R5", fhir_dir="fhir", num_buckets=1024)
     assert "DocumentReference/r5doc" in {item.key for item in r5_only.load_items(fhir_site)}
 
 
 def test_truncated_gzip_keeps_what_was_read_and_says_where_it_broke(fhir_site):
     path = fhir_site / "fhir" / "DiagnosticReport.ndjson.gz"
     path.write_bytes(path.read_bytes()[:-12])
-    dm = TextDataModule(root=fhir_site, format="fhir", num_buckets=1024)
+    dm = TextDataModule(min_samples=1, root=fhir_site, format="fhir", num_buckets=1024)
     keys = {item.key for item in dm.load_items(fhir_site)}
     assert "DocumentReference/d0" in keys
     assert skipped(dm)["DiagnosticReport.ndjson.gz"].startswith("unreadable after line")
@@ -349,7 +351,7 @@ def test_schema_yaml_and_constructor_agree(tmp_path):
     yaml = OmegaConf.load(CONF_DIR / "data" / "text.yaml")
     yaml.pop("defaults")
     fields = set(TextDataConfig.__dataclass_fields__)
-    assert set(yaml) <= fields and set(TEXT_SCHEMAS) == {"data/text", "model/text_bow"}
+    assert set(yaml) <= fields and set(TEXT_SCHEMAS) == {"data/text"}
     assert fields - {"_target_"} <= set(inspect.signature(TextDataModule).parameters)
     cfg = OmegaConf.merge(OmegaConf.structured(TextDataConfig), yaml, {"root": str(tmp_path), "site": "site-1"})
     cfg = OmegaConf.merge({"seed": 3, "data": cfg}, {})
@@ -375,7 +377,7 @@ def test_text_problems_name_every_bad_key():
     ]
     mismatch = OmegaConf.create({"data": good, "model": {**TextClassifierConfig().__dict__, "num_buckets": 4096}})
     assert text_model_problems(mismatch) == ["model.num_buckets: must equal data.num_buckets (16384), got 4096"]
-    assert text_problems({"_target_": "flip.data.dicom.DicomDataModule"}) == []
+    assert text_problems({"_target_": "flip.data.dicom.datamodule.DicomDataModule"}) == []
 
 
 # ---------------------------------------------------------------- the classifier
@@ -391,7 +393,7 @@ def trainer(**kwargs) -> L.Trainer:
 def test_classifier_learns_a_separable_task(tmp_path):
     L.seed_everything(0, verbose=False)
     site = write_notes_site(tmp_path, num_patients=300, seed=5)
-    dm = TextDataModule(root=site, num_buckets=4096, max_tokens=96, batch_size=32, seed=0)
+    dm = TextDataModule(min_samples=1, root=site, num_buckets=4096, max_tokens=96, batch_size=32, seed=0)
     model = TextClassifier(num_buckets=4096, embedding_dim=32, hidden=32, optimizer=partial(torch.optim.Adam, lr=0.01))
     trainer(max_epochs=4, deterministic=True).fit(model, datamodule=dm)
     metrics = trainer().test(model, datamodule=dm, verbose=False)[0]
@@ -400,7 +402,7 @@ def test_classifier_learns_a_separable_task(tmp_path):
 
 def test_fast_dev_run_and_bucket_mismatch(tmp_path):
     site = write_notes_site(tmp_path, num_patients=20)
-    dm = TextDataModule(root=site, num_buckets=256, batch_size=4)
+    dm = TextDataModule(min_samples=1, root=site, num_buckets=256, batch_size=4)
     trainer(fast_dev_run=True).fit(TextClassifier(num_buckets=256, hidden=0), datamodule=dm)
     with pytest.raises(ValueError, match=r"model.num_buckets \(512\) must equal data.num_buckets \(256\)"):
         trainer(fast_dev_run=True).fit(TextClassifier(num_buckets=512), datamodule=dm)

@@ -10,31 +10,29 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-from flip.config import schema
+from flip.experiment import catalog
 from flip.paths import CONF_DIR
 
 
-def searchpath_override() -> str:
-    """The Hydra override that puts flip's `conf/` tree behind the recipe's own folder."""
-    return f"hydra.searchpath=[file://{CONF_DIR}]"
+def searchpath_override(lenient: bool = False) -> str:
+    """The Hydra override that puts flip's schemas (typed, or for validation plain) and its
+    `conf/` tree behind the recipe's own folder."""
+    return f"hydra.searchpath=[file://{catalog.schema_folder(lenient)},file://{CONF_DIR}]"
 
 
 @contextmanager
-def recipe_context(recipe: Path, lenient: bool = False) -> Iterator[GlobalHydra]:
-    """Initialise Hydra for one recipe; schemas are swapped for markers when lenient."""
-    schema.register(lenient=lenient)
-    try:
-        with initialize_config_dir(config_dir=str(recipe.parent), version_base="1.3", job_name=recipe.stem):
-            yield GlobalHydra.instance()
-    finally:
-        if lenient:
-            schema.register(lenient=False)
+def recipe_context(recipe: Path) -> Iterator[GlobalHydra]:
+    """Initialise Hydra for one recipe, the schemas in its ConfigStore."""
+    catalog.register()
+    with initialize_config_dir(config_dir=str(recipe.parent), version_base="1.3", job_name=recipe.stem):
+        yield GlobalHydra.instance()
 
 
 def compose_recipe(recipe: Path, overrides: list[str], lenient: bool = False) -> DictConfig:
-    """Compose `recipe` with Hydra overrides (without the `hydra` node)."""
-    with recipe_context(recipe, lenient=lenient):
-        return compose(config_name=recipe.stem, overrides=[*overrides, searchpath_override()])
+    """Compose `recipe` with Hydra overrides (without the `hydra` node); lenient: untyped, each
+    group's node marked with its schema's name."""
+    with recipe_context(recipe):
+        return compose(config_name=recipe.stem, overrides=[*overrides, searchpath_override(lenient)])
 
 
 def group_options(recipe: Path, names: list[str]) -> dict[str, list[str]]:

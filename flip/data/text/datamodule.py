@@ -13,7 +13,7 @@ Formats (`format`):
   `label_column`); every inline base64 ``text/plain`` attachment is one note.
 
 `labels` and `file` are relative to the site folder (or absolute). Each note becomes hashed n-gram
-ids (`flip.data.tokenize`). Unusable notes are skipped with their location and reason: not valid
+ids (`flip.data.text.tokenize`). Unusable notes are skipped with their location and reason: not valid
 UTF-8, empty, no words, no label, an attachment that is not inline text/plain, an invalid resource.
 """
 
@@ -33,9 +33,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from flip.config.schema_text import source_problems
+from flip.data.text.schema import source_problems
 from flip.data.base import Item, SiteDataModule
-from flip.data.tokenize import HashedNgrams
+from flip.data.text.tokenize import HashedNgrams
 
 NOTE_RESOURCES = ("DocumentReference", "DiagnosticReport")
 
@@ -95,7 +95,7 @@ class TextDataModule(SiteDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
-        min_samples: int = 1,
+        min_samples: int = 10,
         partition: Mapping | None = None,
         synthetic: Mapping | None = None,
         cache_dir: str | Path | None = None,

@@ -16,11 +16,10 @@ import torch
 from omegaconf import OmegaConf
 
 from flip.data.base import Item, SiteDataModule
-from flip.data.fhir import standardize_columns
-from flip.data.fhir_features import continuous_columns
+from flip.data.fhir.datamodule import standardize_columns
+from flip.data.fhir.features import continuous_columns
+from flip.data.multimodal.schema import MODALITIES, SOURCES
 
-MODALITIES = ("image", "tabular", "text")
-_SOURCES = {"image": "flip.data.dicom.DicomDataModule", "tabular": "flip.data.fhir.FhirDataModule", "text": "flip.data.text.TextDataModule"}
 
 
 def _plain(settings: Mapping) -> dict:
@@ -33,7 +32,7 @@ def _plain(settings: Mapping) -> dict:
 def _source_class(modality: str) -> type:
     from hydra.utils import get_class
 
-    return get_class(_SOURCES[modality])
+    return get_class(SOURCES[modality][0])
 
 
 class MultimodalDataModule(SiteDataModule):
@@ -53,7 +52,7 @@ class MultimodalDataModule(SiteDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
-        min_samples: int = 1,
+        min_samples: int = 10,
         partition: Mapping | None = None,
         synthetic: Mapping | None = None,
         cache_dir: str | Path | None = None,

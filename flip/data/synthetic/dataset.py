@@ -27,8 +27,8 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID, ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from flip.data import synthetic_site_name
-from flip.data.synthetic_fhir import DISTRACTORS, INDEX_DATE, LABEL_CONDITION, LABS, LOINC, SNOMED, write_fhir
-from flip.data.synthetic_notes import make_notes, site_style, write_notes
+from flip.data.synthetic.fhir import DISTRACTORS, INDEX_DATE, LABEL_CONDITION, LABS, LOINC, SNOMED, write_fhir
+from flip.data.synthetic.notes import make_notes, site_style, write_notes
 
 GENERATOR_VERSION = 3
 

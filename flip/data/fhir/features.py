@@ -1,6 +1,6 @@
 """The feature spec of `data=fhir` turned into one row of numbers per patient (no torch here).
 
-Input is what `flip.data.fhir` extracts from validated resources: patient records and event
+Input is what `flip.data.fhir.datamodule` extracts from validated resources: patient records and event
 records (Observation, Condition, MedicationRequest, Procedure). The column names depend on the
 spec alone (`feature_names`), so every site, and the server that builds the model before any
 data is seen, agree on the width (`num_features`).
@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional
 
-from flip.config.schema_fhir import (
+from flip.data.fhir.schema import (
     CODE_SET_KINDS,
     GENDERS,
     CodeSetFeatureConfig,

@@ -1,7 +1,7 @@
-"""Schemas of `data=fhir` (a FHIR export plus a feature spec) and `model=tabular_mlp`, and their rules.
+"""Schema of `data=fhir` (a FHIR export plus a feature spec), and its rules.
 
-`FHIR_SCHEMAS` joins flip's `SCHEMAS`; `fhir_problems` checks what spans keys of a `data.fhir`
-node (the data module runs the same checks when it is built from Python).
+`fhir_problems` checks what spans keys of a `data.fhir` node (the data module runs the same
+checks when it is built from Python).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig
 
-from flip.config.schema_common import ClassifierConfig, SiteDataConfig
+from flip.data.schema import SiteDataConfig
 
 FHIR_VERSIONS = ("R4", "R4B", "R5")
 AGGREGATES = ("latest", "mean", "min", "max", "count")
@@ -75,7 +75,7 @@ class FhirLabelConfig:
 
 @dataclass
 class FhirDataConfig(SiteDataConfig):
-    _target_: str = "flip.data.fhir.FhirDataModule"
+    _target_: str = "flip.data.fhir.datamodule.FhirDataModule"
     # Folder of the export inside the site folder; "." is the site folder itself.
     fhir_dir: str = "."
     # R4 is read with the R4B models (fhir.resources ships no separate R4 package).
@@ -92,18 +92,11 @@ class FhirDataConfig(SiteDataConfig):
     cache: bool = True
     # Processes that validate the export; null: as many as torch has threads.
     parse_processes: Optional[int] = None
+    # Without a `label` spec the export is unlabelled: refuse (true) or read it for inspection.
+    require_labels: bool = True
 
 
-@dataclass
-class TabularClassifierConfig(ClassifierConfig):
-    _target_: str = "flip.models.tabular.TabularClassifier"
-    # null: the runner passes the data's width (flip.data.fhir_features.num_features(cfg.data)).
-    in_features: Optional[int] = None
-    hidden: List[int] = field(default_factory=lambda: [64, 32])
-    dropout: float = 0.1
-
-
-FHIR_SCHEMAS: Dict[str, type] = {"data/fhir": FhirDataConfig, "model/tabular_mlp": TabularClassifierConfig}
+SCHEMAS: Dict[str, type] = {"data/fhir": FhirDataConfig}
 
 
 # ---------------------------------------------------------------- rules
@@ -223,3 +216,8 @@ def _unique_names(features: Mapping, missing: str) -> list[str]:
                 problems.append(f"data.features.{kind}[{index}].name: column {clash[0]!r} is already used")
             seen.update(columns)
     return problems
+
+
+def rules(cfg: DictConfig) -> list[str]:
+    """`fhir_problems` of the data node, when the data is a FHIR export."""
+    return fhir_problems(cfg.data) if cfg.data.get("_target_") == FhirDataConfig._target_ else []

@@ -10,8 +10,8 @@ not decode, an unsupported photometric interpretation, a series that is not one 
 or an unknown label. Label rows that name no image found are reported once, as a count and the
 first keys.
 
-Pixels: see `flip.data.dicom_pixels` (2-D) and `flip.data.dicom_series` (3-D). Decoded tensors
-are cached on disk (`flip.data.dicom_cache`), so later rounds and runs do not decode again.
+Pixels: see `flip.data.dicom.pixels` (2-D) and `flip.data.dicom.series` (3-D). Decoded tensors
+are cached on disk (`flip.data.dicom.cache`), so later rounds and runs do not decode again.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from pathlib import Path
 
 from flip.data import default_cache_dir
 from flip.data.base import Item, SiteDataModule
-from flip.data.dicom_cache import DecodedCache, read_hashed
-from flip.data.dicom_files import Preprocess, list_files, prefetch, read_record
-from flip.data.dicom_labels import (
+from flip.data.dicom.cache import DecodedCache, read_hashed
+from flip.data.dicom.files import Preprocess, list_files, prefetch, read_record
+from flip.data.dicom.labels import (
     KEY_COLUMNS,
     UNLABELLED,
     VOLUME_KEY_COLUMNS,
@@ -35,8 +35,8 @@ from flip.data.dicom_labels import (
     attribute_tag,
     read_label_rows,
 )
-from flip.data.dicom_pixels import CHANNELS, FRAMES, describe, load_image, one_thread
-from flip.data.dicom_series import Slice, SeriesError, build_volume, group_series, order_slices, series_key
+from flip.data.dicom.pixels import CHANNELS, FRAMES, describe, load_image, one_thread
+from flip.data.dicom.series import Slice, SeriesError, build_volume, group_series, order_slices, series_key
 
 __all__ = ["DicomDataModule", "load_image", "read_manifest", "MODES"]
 
@@ -91,10 +91,10 @@ class DicomDataModule(SiteDataModule):
         window_width: float | None = None,
         val_fraction: float = 0.2,
         test_fraction: float = 0.2,
-        batch_size: int = 32,
+        batch_size: int = 16,
         num_workers: int = 0,
         seed: int = 0,
-        min_samples: int = 1,
+        min_samples: int = 10,
         synthetic: Mapping | None = None,
         cache_dir: str | Path | None = None,
         partition: Mapping | None = None,

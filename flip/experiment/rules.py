@@ -7,13 +7,15 @@ from typing import Callable
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from flip.config.schema import METRIC_NAMES
-from flip.errors import ConfigError
-from flip.config.schema_fhir import fhir_problems
-from flip.config.schema_privacy import privacy_problems
-from flip.config.schema_text import text_rule
 from flip.config.strategies import strategy_problems
+from flip.data.fhir import schema as fhir
+from flip.data.multimodal import schema as multimodal
 from flip.data.partition import KINDS
+from flip.data.text import schema as text
+from flip.errors import ConfigError
+from flip.models import schema as models
+from flip.models.schema import METRIC_NAMES
+from flip.privacy.schema import privacy_problems
 
 BY_SITE_SOURCES = ("folder", "column", "attribute")
 
@@ -36,16 +38,6 @@ def _metrics(cfg: DictConfig) -> list[str]:
     monitorable = ["val/loss", *(f"val/{name}" for name in cfg.model.get("metrics", []))]
     if cfg.monitor not in monitorable:
         problems.append(f"monitor: '{cfg.monitor}' is not a metric this model reports (available: {', '.join(monitorable)})")
-    return problems
-
-
-def _model(cfg: DictConfig) -> list[str]:
-    problems = []
-    pool = cfg.model.get("global_pool")
-    if pool is not None and pool not in ("max", "avg"):
-        problems.append(f"model.global_pool: must be max or avg, got '{pool}'")
-    if cfg.model.get("logit_adjustment", 0) < 0:
-        problems.append(f"model.logit_adjustment: must be 0 (off) or positive, got {cfg.model.logit_adjustment}")
     return problems
 
 
@@ -111,8 +103,8 @@ def _federation(cfg: DictConfig) -> list[str]:
 
 def _sites(cfg: DictConfig) -> list[str]:
     """Simulated sites' own settings: known site names, and settings that match their schema."""
-    from flip.config.schema_site import site_settings_problems
-    from flip.federation.simulated_sites import sites_mapping, static_site_names
+    from flip.experiment.site_schema import site_settings_problems
+    from flip.experiment.sites import sites_mapping, static_site_names
 
     federation = cfg.federation
     if federation.mode == "local":
@@ -150,43 +142,35 @@ def _partition(cfg: DictConfig) -> list[str]:
     return problems
 
 
-def _fhir(cfg: DictConfig) -> list[str]:
-    if cfg.data.get("_target_") == "flip.data.fhir.FhirDataModule":
-        return fhir_problems(cfg.data)
-    return []
-
-
-def _multimodal(cfg: DictConfig) -> list[str]:
-    """Each modality's settings are checked against its own source's schema and rules."""
-    if cfg.data.get("_target_") != "flip.data.multimodal.MultimodalDataModule":
+def text_model_problems(cfg: DictConfig) -> list[str]:
+    """model=text_bow against data=text: the same hash buckets; [] for other pairs."""
+    model, data = cfg.model, cfg.data
+    if model.get("_target_") != models.TextClassifierConfig._target_ or data.get("_target_") != text.TEXT_DATA_TARGET:
         return []
-    from flip.config.schema import SCHEMAS
-    from flip.config.validate import check_node
-
-    data = cfg.data
-    configured = [m for m in ("image", "tabular", "text") if data.get(m)]
     problems = []
-    if len(configured) < 2:
-        problems.append(f"data: a multimodal join needs two or more of image, tabular, text; got {configured}")
-    if data.label_from not in configured:
-        problems.append(f"data.label_from: '{data.label_from}' is not a configured modality ({', '.join(configured)})")
-    if data.missing not in ("drop", "mask"):
-        problems.append(f"data.missing: must be drop or mask, got '{data.missing}'")
-    schemas = {"image": "data/dicom", "tabular": "data/fhir", "text": "data/text"}
-    for modality in configured:
-        # The join sets each source's folder to the site's own.
-        settings = {**OmegaConf.to_container(data[modality], resolve=True), "root": "-"}
-        problems += check_node(settings, SCHEMAS[schemas[modality]], f"data.{modality}")
-    if "tabular" in configured:
-        problems += [p.replace("data.", "data.tabular.", 1) for p in fhir_problems(data.tabular)]
-    model_modalities = cfg.model.get("modalities")
-    if model_modalities is not None and list(model_modalities) != configured:
-        problems.append(f"model.modalities: {list(model_modalities)} must equal the data's modalities {configured}")
+    if model.get("num_buckets") != data.get("num_buckets"):
+        problems.append(f"model.num_buckets: must equal data.num_buckets ({data.get('num_buckets')}), got {model.get('num_buckets')}")
+    if not isinstance(model.get("embedding_dim"), int) or model["embedding_dim"] < 1:
+        problems.append(f"model.embedding_dim: must be at least 1, got {model.get('embedding_dim')}")
+    if not 0 <= model.get("dropout", 0) < 1:
+        problems.append(f"model.dropout: must be in [0, 1), got {model.get('dropout')}")
     return problems
 
 
+def _modalities(cfg: DictConfig) -> list[str]:
+    """A fusion model sees the modalities the multimodal data joins, in the same order."""
+    if cfg.data.get("_target_") != multimodal.MultimodalDataConfig._target_:
+        return []
+    configured = [m for m in multimodal.MODALITIES if cfg.data.get(m)]
+    model_modalities = cfg.model.get("modalities")
+    if model_modalities is not None and list(model_modalities) != configured:
+        return [f"model.modalities: {list(model_modalities)} must equal the data's modalities {configured}"]
+    return []
+
+
 RULES: tuple[Callable[[DictConfig], list[str]], ...] = (
-    _mode, privacy_problems, _metrics, _model, _splits, _data_source, _positive, _federation, _sites, _partition, text_rule, _fhir, _multimodal
+    _mode, privacy_problems, _metrics, models.rules, _splits, _data_source, _positive, _federation, _sites, _partition,
+    text.rules, text_model_problems, fhir.rules, multimodal.rules, _modalities,
 )
 
 

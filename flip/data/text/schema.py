@@ -1,4 +1,4 @@
-"""Schemas and cross-key rules of the clinical-text options: `data=text`, `model=text_bow`."""
+"""Schema of `data=text` (clinical notes from files, JSONL/CSV or FHIR attachments), and its rules."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from flip.config.schema_common import ClassifierConfig, SiteDataConfig, adam
+from flip.data.schema import SiteDataConfig
 
-TEXT_DATA_TARGET = "flip.data.text.TextDataModule"
-TEXT_MODEL_TARGET = "flip.models.text.TextClassifier"
+TEXT_DATA_TARGET = "flip.data.text.datamodule.TextDataModule"
 FORMATS = ("folder", "jsonl", "csv", "fhir")
 FHIR_VERSIONS = ("R4", "R4B", "R5")  # R4 is read with the R4B models
 MAX_BUCKETS = 1 << 22
@@ -39,18 +38,7 @@ class TextDataConfig(SiteDataConfig):
     lowercase: bool = True
 
 
-@dataclass
-class TextClassifierConfig(ClassifierConfig):
-    _target_: str = TEXT_MODEL_TARGET
-    # Must equal data.num_buckets; the option file takes it from there.
-    num_buckets: int = 16384
-    embedding_dim: int = 64
-    hidden: int = 64
-    dropout: float = 0.1
-    optimizer: Dict[str, Any] = field(default_factory=lambda: adam(1e-2))
-
-
-TEXT_SCHEMAS: Dict[str, type] = {"data/text": TextDataConfig, "model/text_bow": TextClassifierConfig}
+SCHEMAS: Dict[str, type] = {"data/text": TextDataConfig}
 
 
 def text_problems(data_cfg: Any) -> list[str]:
@@ -61,26 +49,6 @@ def text_problems(data_cfg: Any) -> list[str]:
     problems = source_problems(data.get("format"), data.get("fhir_version"), data.get("file"))
     problems += tokenizer_problems(data.get("num_buckets"), data.get("ngram_range") or [], data.get("max_tokens"))
     return [f"data.{problem}" for problem in problems]
-
-
-def text_model_problems(cfg: Any) -> list[str]:
-    """model=text_bow against data=text: the same hash buckets; [] for other pairs."""
-    model, data = _plain(cfg.model), _plain(cfg.data)
-    if model.get("_target_") != TEXT_MODEL_TARGET or data.get("_target_") != TEXT_DATA_TARGET:
-        return []
-    problems = []
-    if model.get("num_buckets") != data.get("num_buckets"):
-        problems.append(f"model.num_buckets: must equal data.num_buckets ({data.get('num_buckets')}), got {model.get('num_buckets')}")
-    if not isinstance(model.get("embedding_dim"), int) or model["embedding_dim"] < 1:
-        problems.append(f"model.embedding_dim: must be at least 1, got {model.get('embedding_dim')}")
-    if not 0 <= model.get("dropout", 0) < 1:
-        problems.append(f"model.dropout: must be in [0, 1), got {model.get('dropout')}")
-    return problems
-
-
-def text_rule(cfg: DictConfig) -> list[str]:
-    """Both text rules, in the shape of `flip.config.rules.RULES` entries."""
-    return text_problems(cfg.data) + text_model_problems(cfg)
 
 
 def _plain(node: Any) -> dict:
@@ -116,3 +84,8 @@ def tokenizer_problems(num_buckets: Any, ngram_range: Any, max_tokens: Any) -> l
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def rules(cfg: DictConfig) -> list[str]:
+    """`text_problems` of the data node ([] for other sources)."""
+    return text_problems(cfg.data)

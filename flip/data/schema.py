@@ -1,9 +1,12 @@
-"""Schema pieces every data source and every classifier shares (each source's own schema adds to them)."""
+"""Schema keys every data source shares: where a site's data is, how it is split and batched.
+
+Each source's own schema (`flip/data/<source>/schema.py`) extends `SiteDataConfig`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 from omegaconf import MISSING, SI
 
@@ -44,24 +47,3 @@ class SiteDataConfig:
     synthetic: Optional[SyntheticDataConfig] = None
     # flip's cache folder (null: $FLIP_CACHE_DIR, else $XDG_CACHE_HOME/flip, else ~/.cache/flip).
     cache_dir: Optional[str] = None
-
-
-def adam(lr: float) -> Dict[str, Any]:
-    return {"_target_": "torch.optim.Adam", "_partial_": True, "lr": lr}
-
-
-@dataclass
-class ClassifierConfig:
-    """Keys of every classifier: classes, metrics, and the optimizer and scheduler to build."""
-
-    _target_: str = MISSING
-    num_classes: int = 2
-    metrics: List[str] = field(default_factory=lambda: ["accuracy", "auroc", "f1"])
-    optimizer: Dict[str, Any] = field(default_factory=lambda: adam(1e-3))
-    # A torch.optim.lr_scheduler (`_partial_: true`) stepped once an epoch; {} or null: none. In a
-    # federated run it runs over all rounds, as over all epochs of a local run. The default is {},
-    # not null: OmegaConf cannot merge a command-line `model.scheduler={...}` into a null node.
-    scheduler: Optional[Dict[str, Any]] = field(default_factory=dict)
-    # Train on logits + logit_adjustment · log(the training split's class prior); 0: plain cross
-    # entropy. Each site uses its own prior, so label-skewed sites pull less apart.
-    logit_adjustment: float = 0.0

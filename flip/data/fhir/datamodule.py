@@ -40,10 +40,10 @@ from fhir_core.types import FhirBase, FhirElementOrResourceBase
 from pydantic import ValidationError
 from pydantic_core import from_json, to_json
 
-from flip.config.schema_fhir import fhir_problems
+from flip.data.fhir.schema import fhir_problems
 from flip.data import default_cache_dir
 from flip.data.base import Item, SiteDataModule
-from flip.data.fhir_features import (
+from flip.data.fhir.features import (
     EventRecord,
     PatientRecord,
     Row,
@@ -611,7 +611,7 @@ class FhirDataModule(SiteDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
-        min_samples: int = 1,
+        min_samples: int = 10,
         partition: Mapping | None = None,
         synthetic: Mapping | None = None,
         cache: bool = True,

@@ -21,7 +21,7 @@ import numpy as np
 import pydicom
 import torch
 
-from flip.data.dicom_pixels import (
+from flip.data.dicom.pixels import (
     GREY,
     PixelError,
     colour_unit,

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from flip.config.allowlist import entry_problems
-from flip.config.schema_privacy import MECHANISMS, SitePolicy
+from flip.config.checks import check_node
+from flip.privacy.schema import MECHANISMS, SitePolicy
 
 APPROVE_ANY = "any"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -36,8 +37,6 @@ class SiteSettingsConfig:
 
 def site_settings_problems(raw: Any, where: str) -> list[str]:
     """Every problem of one site's settings, each with its full key."""
-    from flip.config.validate import check_node
-
     if raw is None:
         return []
     if not isinstance(raw, dict):

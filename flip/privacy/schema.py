@@ -153,7 +153,7 @@ class SitePolicy:
     min_cohort: int = 1
 
 
-PRIVACY_SCHEMAS: Dict[str, type] = {
+SCHEMAS: Dict[str, type] = {
     "privacy/none": PrivacyConfig,
     "privacy/central_dp": CentralDpConfig,
     "privacy/adaptive_dp": AdaptiveDpConfig,

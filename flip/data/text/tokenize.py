@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from flip.config.schema_text import tokenizer_problems
+from flip.data.text.schema import tokenizer_problems
 
 if TYPE_CHECKING:
     import torch

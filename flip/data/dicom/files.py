@@ -22,8 +22,8 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
-from flip.data.dicom_labels import attribute_tag, attribute_text
-from flip.data.dicom_pixels import PixelError, describe, load_frames, raw_text, transfer_syntax, transfer_syntax_name
+from flip.data.dicom.labels import attribute_tag, attribute_text
+from flip.data.dicom.pixels import PixelError, describe, load_frames, raw_text, transfer_syntax, transfer_syntax_name
 
 # Files read and hashed ahead of the parsing thread: enough to ride out a slow read, few enough
 # that large files do not pile up in memory.
