@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from flip.data.partition import natural_key, site_share
+from flip.errors import DataError, MissingData
 
 log = logging.getLogger("flip.data")
 SPLITS = ("train", "val", "test")
@@ -125,7 +126,7 @@ class SiteDataModule(L.LightningDataModule):
         root = self.root = self.resolve_root()
         site_dir = root / self.site if self.site else root
         if not site_dir.is_dir():
-            raise FileNotFoundError(f"data folder not found: {site_dir}")
+            raise MissingData(f"data folder not found: {site_dir} (data.root, data.site)")
         return site_dir
 
     def setup(self, stage: str | None = None) -> None:
@@ -139,7 +140,7 @@ class SiteDataModule(L.LightningDataModule):
         if self.partition is not None:  # a simulated site: its share of a pooled data set
             items, self.site_name = site_share(items, self.partition)
         if len(items) < self.min_samples:
-            raise ValueError(
+            raise DataError(
                 f"site {self.site_name}: {len(items)} usable item(s) in {site_dir}, fewer than "
                 f"data.min_samples={self.min_samples} ({len(self.skipped)} skipped)"
             )

@@ -16,6 +16,7 @@ are cached on disk (`flip.data.dicom.cache`), so later rounds and runs do not de
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -37,6 +38,9 @@ from flip.data.dicom.labels import (
 )
 from flip.data.dicom.pixels import CHANNELS, FRAMES, describe, load_image, one_thread
 from flip.data.dicom.series import Slice, SeriesError, build_volume, group_series, order_slices, series_key
+from flip.errors import MissingData
+
+log = logging.getLogger("flip.data")
 
 __all__ = ["DicomDataModule", "load_image", "read_manifest", "MODES"]
 
@@ -174,7 +178,7 @@ class DicomDataModule(SiteDataModule):
     def _scan_dir(self, site_dir: Path) -> Path:
         scan_dir = site_dir / self.dicom_dir if self.dicom_dir else site_dir
         if not scan_dir.is_dir():
-            raise FileNotFoundError(f"DICOM folder not found: {scan_dir} (data.dicom_dir={self.dicom_dir!r})")
+            raise MissingData(f"DICOM folder not found: {scan_dir} (data.dicom_dir={self.dicom_dir!r})")
         return scan_dir
 
     def _preprocess(self) -> Preprocess:
@@ -315,9 +319,13 @@ class DicomDataModule(SiteDataModule):
                 group_column = source[1] if source and source[0] == "column" else None
                 rows = read_label_rows(path, self.key_column, self.label_column, self.patient_column, group_column)
             elif self.require_labels:
-                raise FileNotFoundError(f"labels CSV not found: {path}")
+                raise MissingData(
+                    f"labels CSV not found: {path} (data.labels={self.labels!r}); name the manifest in data.labels, "
+                    "read labels from a header with data.label_attribute, or look at the files unlabelled with "
+                    "`flip data inspect ... --no-labels`"
+                )
             else:
-                self.skip(self.labels, "labels CSV not found: every item is unlabelled")
+                log.info("no labels CSV at %s: every item is unlabelled", path)
         name = Path(self.labels).name if self.labels else "labels"
         return Labeller(rows, self.key_column, self.label_attribute, self.label_map, self.num_classes, name)
 

@@ -42,6 +42,7 @@ from pydantic_core import from_json, to_json
 
 from flip.data.fhir.schema import fhir_problems
 from flip.data import default_cache_dir
+from flip.errors import MissingData
 from flip.data.base import Item, SiteDataModule
 from flip.data.fhir.features import (
     EventRecord,
@@ -655,7 +656,7 @@ class FhirDataModule(SiteDataModule):
     def load_items(self, site_dir: Path) -> list[Item]:
         folder = site_dir / self.fhir_dir
         if not folder.is_dir():
-            raise FileNotFoundError(f"FHIR folder not found: {folder} (data.fhir_dir={self.fhir_dir!r})")
+            raise MissingData(f"FHIR folder not found: {folder} (data.fhir_dir={self.fhir_dir!r}){_fhir_dir_hint(folder.parent)}")
         with gc_paused():
             export = read_export(site_dir, folder, self._context(), self._cache(), self._processes(), self.skip)
             rows = patient_rows(export.patients, export.events, self.spec, self.skip)
@@ -738,3 +739,10 @@ def standardize_columns(datasets: dict, position: int, columns: list[int]) -> tu
         if len(dataset.tensors) > position + 1:
             dataset.tensors[position][:, columns] = (dataset.tensors[position][:, columns] - mean) / std
     return mean, std
+
+
+def _fhir_dir_hint(site_dir: Path) -> str:
+    """Where the export's files are, when they are beside the folder flip looked for."""
+    if any(site_dir.glob("*.ndjson*")) or any(site_dir.glob("*.json")):
+        return "; the site folder itself holds the export's files: set data.fhir_dir=."
+    return "; set data.fhir_dir to the export's folder, relative to the site folder"

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from flip.errors import MissingData
 from flip.data.text.schema import source_problems
 from flip.data.base import Item, SiteDataModule
 from flip.data.text.tokenize import HashedNgrams
@@ -137,7 +138,7 @@ class TextDataModule(SiteDataModule):
             return None
         path = _under(site_dir, self.labels)
         if not path.is_file():
-            raise FileNotFoundError(f"labels CSV not found: {path}")
+            raise MissingData(f"labels CSV not found: {path} (data.labels)")
         return path
 
     def _group_column(self) -> str | None:
@@ -214,7 +215,7 @@ def _cell(row: Mapping, column: str | None) -> str:
 def read_folder(notes_dir: Path, labels: Path | None, columns: Columns, skip: Skip) -> list[Note]:
     """Notes from `*.txt` files, labelled by path (relative to notes_dir) or file stem."""
     if not notes_dir.is_dir():
-        raise FileNotFoundError(f"notes folder not found: {notes_dir}")
+        raise MissingData(f"notes folder not found: {notes_dir} (data.notes_dir)")
     rows = read_csv_rows(labels, columns, (columns.path, columns.id)) if labels else []
     by_path = {Path(r[columns.path]).as_posix(): r for r in rows if _cell(r, columns.path)}
     by_id = {_cell(r, columns.id): r for r in rows if _cell(r, columns.id)}
@@ -364,7 +365,7 @@ def resource_class(version: str, resource_type: str) -> type:
 def fhir_files(folder: Path) -> list[Path]:
     """NDJSON files (plain or gzipped) under folder, in name order."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"FHIR folder not found: {folder}")
+        raise MissingData(f"FHIR folder not found: {folder} (data.fhir_dir)")
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name.endswith((".ndjson", ".ndjson.gz")))
 
 
