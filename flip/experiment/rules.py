@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from flip.config.strategies import strategy_problems

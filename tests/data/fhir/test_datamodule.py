@@ -32,7 +32,8 @@ from flip.experiment.recipes import resolve_recipe
 from flip.experiment.validate import validate
 from flip.data.fhir.schema import FhirDataConfig, fhir_problems
 from flip.experiment.catalog import SCHEMAS
-from flip.data.fhir.datamodule import CHUNK_SIZE, FhirDataModule
+from flip.data.fhir.datamodule import FhirDataModule
+from flip.data.fhir.export import CHUNK_SIZE
 from flip.data.fhir.features import num_features
 from flip.models.tabular import TabularClassifier
 from flip.paths import CONF_DIR

@@ -35,7 +35,7 @@ from fhir.resources.R4B.quantity import Quantity
 from fhir.resources.R4B.reference import Reference
 from pydantic import ValidationError
 
-from flip.data.fhir.datamodule import ParseContext, accept_reusing, model_class, parse_entry, parse_entry_plainly
+from flip.data.fhir.resources import ParseContext, accept_reusing, model_class, parse_entry, parse_entry_plainly
 
 LOINC, SNOMED = "http://loinc.org", "http://snomed.info/sct"
 OTHER_ENCODINGS = (b"\xef\xbb\xbf", b"\xff\xfe")  # a UTF-8 byte-order mark; UTF-16
