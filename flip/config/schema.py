@@ -30,7 +30,8 @@ class FlipConfig:
     monitor_mode: MonitorMode = MonitorMode.min
     # Torch intra-op threads for training; null uses torch's default (all cores).
     threads: Optional[int] = None
-    # Extra `_target_` patterns (fnmatch) this config is trusted to instantiate.
+    # Components this machine builds beyond flip's defaults (local runs, the simulation driver):
+    # exact dotted names or `package.*`. A site's own settings say what a site builds.
     allowed_targets: List[str] = field(default_factory=list)
     data: Any = MISSING
     model: Any = MISSING

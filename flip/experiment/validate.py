@@ -1,7 +1,7 @@
 """Validation that reports every problem in a config at once, one line each, with full keys.
 
 Hydra stops at the first bad key or override, so flip composes the recipe once, untyped (each
-schema as plain marked defaults, `catalog.lenient_schemas`), with the group choices only; applies
+schema as plain marked defaults, `catalog.schema_folder`), with the group choices only; applies
 the value overrides itself as Hydra would; and checks the result against the schemas of the
 catalog, the rules across groups and the `_target_` allow-list (placement and names; objects are
 resolved when a component is built). A config with no problem is returned typed, without
