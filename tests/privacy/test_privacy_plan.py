@@ -14,7 +14,7 @@ from flip.experiment.recipes import resolve_recipe
 from flip.privacy.schema import SitePolicy
 from flip.experiment.validate import config_problems, validate
 from flip.errors import ConfigError
-from flip.privacy.accounting import PrivacyBudgetSpent, PrivacyLedger, local_dp_noise_multiplier, projected_run_epsilon
+from flip.privacy.accounting import PrivacyBudgetSpent, PrivacyLedger, projected_run_epsilon
 from flip.privacy.percentile import filter_update
 from flip.privacy.plan import UNIFORM_WEIGHT, PrivacyPlan
 from flip.federation.site_config import SiteSettings
@@ -207,7 +207,7 @@ def test_local_dp_adds_noise_of_its_calibration_at_the_site(monkeypatch):
     global_state = model_state(0)
     barely_moved = {k: v + model_state(7, scale=1e-9)[k] for k, v in global_state.items()}
     sent = run_site_mods(plan, global_state, barely_moved, {})
-    expected = local_dp_noise_multiplier(plan.settings) * plan.settings["clipping_norm"]
+    expected = plan.mechanism.noise_multiplier * plan.settings["clipping_norm"]
     assert abs((sent - flat(as_record(global_state))).std() / expected - 1) < 0.1
 
 
