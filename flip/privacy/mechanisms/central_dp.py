@@ -1,8 +1,9 @@
 """Central DP: every update clipped (by the server or by each site), Gaussian noise on their mean.
 
-One class per option: dp_server_fixed, dp_client_fixed, dp_server_adaptive, dp_client_adaptive.
-The server half is Flower's DP wrapper with flip's calibration (`flip.privacy.central`); the site
-half of the client-side options is Flower's clipping mod.
+`CentralDp` is what the central options share; this module's classes clip every update to a fixed
+`clipping_norm` (dp_server_fixed, dp_client_fixed), `flip.privacy.mechanisms.adaptive_dp`'s to an
+adaptive norm. The server half is Flower's DP wrapper with flip's calibration
+(`flip.privacy.central`); the site half of the client-side options is Flower's clipping mod.
 
 The guarantee (C the clipping norm, sigma privacy.noise_multiplier, N sites, k replies):
 - replace_one: a fixed number of sites sampled without replacement; the released mean of the k
@@ -11,10 +12,6 @@ The guarantee (C the clipping norm, sigma privacy.noise_multiplier, N sites, k r
 - add_remove: each site sampled with probability q (Poisson); the sum of the clipped updates is
   divided by the expected count q*N (fixed), so adding or removing a site moves it by at most
   C/(q*N); noise sigma*C/(q*N): the noise over sensitivity is sigma.
-- adaptive clipping also releases the noisy count of clipped updates (std clipped_count_stddev):
-  one site moves it by 1 (replace_one) or 1/2 (add_remove, centred bits); the update's own noise
-  multiplier is Flower's (sigma^-2 - (2 clipped_count_stddev)^-2)^-1/2. Both use the same sample, so
-  they are one Gaussian release with multiplier (z_update^-2 + z_count^-2)^-1/2.
 """
 
 from __future__ import annotations
@@ -24,7 +21,7 @@ from typing import Any, Callable, ClassVar, Iterator, Optional
 
 from omegaconf import DictConfig
 
-from flip.privacy.guarantee import FIXED_SIZE, POISSON, Guarantee, Release, combined
+from flip.privacy.guarantee import FIXED_SIZE, POISSON, Guarantee, Release
 from flip.privacy.mechanisms.base import FEDERATION, Mechanism, PrivacyConfig
 from flip.privacy.mechanisms.rules import is_number
 
@@ -48,21 +45,6 @@ class CentralDpConfig(PrivacyConfig):
     # replace_one: one site's data replaced (a fixed number of sites per round, the mean of the
     # replies); add_remove: one site added or removed (each site sampled with probability
     # sampling_rate, the sum divided by the expected count). See the README's privacy table.
-    neighbours: str = "replace_one"
-    sampling_rate: Optional[float] = None
-
-
-@dataclass
-class AdaptiveDpConfig(PrivacyConfig):
-    """dp_server_adaptive / dp_client_adaptive: the clipping norm follows a quantile of update norms."""
-
-    mechanism: str = "dp_client_adaptive"
-    noise_multiplier: float = 0.5
-    initial_clipping_norm: float = 0.1
-    target_clipped_quantile: float = 0.5
-    clip_norm_lr: float = 0.2
-    # Noise on the count of clipped updates; null is Flower's default (sampled sites / 20).
-    clipped_count_stddev: Optional[float] = None
     neighbours: str = "replace_one"
     sampling_rate: Optional[float] = None
 
@@ -250,63 +232,6 @@ class FixedClippingDp(CentralDp):
         return wrapper(strategy, s["noise_multiplier"], s["clipping_norm"], self.expected_sites)
 
 
-class AdaptiveClippingDp(CentralDp):
-    """A clipping norm that follows `target_clipped_quantile` of the update norms (Andrew et al.
-    2021); part of the noise goes to the count of clipped updates."""
-
-    option = "adaptive_dp"
-    schema = AdaptiveDpConfig
-    positive = ("noise_multiplier", "initial_clipping_norm", "clip_norm_lr", "max_epsilon")
-    clip_is = "C = this round's clipping norm"
-
-    @classmethod
-    def clipping_problems(cls, privacy: dict[str, Any]) -> Iterator[str]:
-        quantile = privacy.get("target_clipped_quantile")
-        if is_number(quantile) and not 0 <= quantile <= 1:
-            yield f"privacy.target_clipped_quantile: must be in [0, 1], got {quantile}"
-        if is_number(privacy.get("clipped_count_stddev")) and privacy["clipped_count_stddev"] < 0:
-            yield f"privacy.clipped_count_stddev: must be non-negative, got {privacy['clipped_count_stddev']}"
-
-    @classmethod
-    def federated_problems(cls, privacy: dict[str, Any], federation: DictConfig, strategy: dict[str, Any], per_round: float) -> list[str]:
-        """Flower splits the noise between the update and the clipped count; the split must exist."""
-        problems = super().federated_problems(privacy, federation, strategy, per_round)
-        noise, stddev = privacy.get("noise_multiplier"), privacy.get("clipped_count_stddev")
-        if not is_number(noise) or noise <= 0:
-            return problems
-        effective = stddev if is_number(stddev) else per_round / 20
-        if noise >= 2 * effective:
-            source = "privacy.clipped_count_stddev" if is_number(stddev) else f"null (sites per round / 20 = {effective:g})"
-            problems.append(
-                f"privacy.clipped_count_stddev: {source} is too small for privacy.noise_multiplier={noise}; "
-                f"adaptive clipping needs noise_multiplier < 2 x clipped_count_stddev"
-            )
-        return problems
-
-    def build_wrapper(self, wrapper: type, strategy: Any) -> Any:
-        s = self.settings
-        return wrapper(
-            strategy,
-            s["noise_multiplier"],
-            self.expected_sites,
-            initial_clipping_norm=s["initial_clipping_norm"],
-            target_clipped_quantile=s["target_clipped_quantile"],
-            clip_norm_lr=s["clip_norm_lr"],
-            clipped_count_stddev=s["clipped_count_stddev"],
-        )
-
-    def noise_to_sensitivity(self) -> float:
-        """The update and the clipped count, as one Gaussian release of the same sample."""
-        from flwr.supercore.differential_privacy import compute_adaptive_noise_params
-
-        count_stddev, update_noise = compute_adaptive_noise_params(
-            self.noise_multiplier, self.expected_sites, self.settings.get("clipped_count_stddev")
-        )
-        # One site moves the clipped count by 1, or by 1/2 once add_remove centres the bits.
-        count_sensitivity = 1.0 if self.neighbours == "replace_one" else 0.5
-        return combined(self.update_share * update_noise, count_stddev / count_sensitivity)
-
-
 class DpServerFixed(FixedClippingDp):
     """dp_server_fixed: the server clips each update."""
 
@@ -334,32 +259,3 @@ class DpClientFixed(FixedClippingDp):
         from flwr.clientapp.mod import fixedclipping_mod
 
         return [fixedclipping_mod]
-
-
-class DpServerAdaptive(AdaptiveClippingDp):
-    """dp_server_adaptive: the server clips each update, to an adaptive norm."""
-
-    name = "dp_server_adaptive"
-    clips_at_site = False
-
-    def flower_wrapper(self) -> type:
-        from flwr.serverapp.strategy import DifferentialPrivacyServerSideAdaptiveClipping
-
-        return DifferentialPrivacyServerSideAdaptiveClipping
-
-
-class DpClientAdaptive(AdaptiveClippingDp):
-    """dp_client_adaptive: each site clips its own update to the norm the server sends."""
-
-    name = "dp_client_adaptive"
-    clips_at_site = True
-
-    def flower_wrapper(self) -> type:
-        from flwr.serverapp.strategy import DifferentialPrivacyClientSideAdaptiveClipping
-
-        return DifferentialPrivacyClientSideAdaptiveClipping
-
-    def site_mods(self) -> list[Callable]:
-        from flwr.clientapp.mod import adaptiveclipping_mod
-
-        return [adaptiveclipping_mod]
