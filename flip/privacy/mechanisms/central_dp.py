@@ -70,6 +70,7 @@ class CentralDp(Mechanism):
 
     @classmethod
     def clipping_problems(cls, privacy: dict[str, Any]) -> Iterator[str]:
+        """Problems of the clipping's own keys."""
         return iter(())
 
     @classmethod
@@ -80,9 +81,11 @@ class CentralDp(Mechanism):
 
     @classmethod
     def federated_problems(cls, privacy: dict[str, Any], federation: DictConfig, strategy: dict[str, Any], per_round: float) -> list[str]:
+        """Whole sites are protected, and the noise is calibrated to the strategy's mean, sampled as
+        the relation needs."""
         problems = []
         delta, num_sites = privacy.get("delta"), federation.num_sites
-        if is_number(delta) and 0 < delta and delta >= 1 / num_sites:  # whole sites are protected: below 1/N
+        if is_number(delta) and 0 < delta and delta >= 1 / num_sites:
             problems.append(f"privacy.delta: {delta} must be below 1/N = {1 / num_sites:.4g} for N = federation.num_sites ({num_sites})")
         kind = str(strategy.get("_target_", "")).rpartition(".")[2]
         if kind not in PLAIN_MEAN_STRATEGIES:
