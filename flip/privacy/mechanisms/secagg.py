@@ -35,9 +35,7 @@ class SecAggConfig:
 
 
 class SecAggPlus:
-    """SecAgg+ on top of a run's mechanism, from its `privacy.secagg` settings."""
-
-    schema = SecAggConfig
+    """SecAgg+ on top of a run's mechanism, from its `privacy.secagg` settings (schema: SecAggConfig)."""
 
     def __init__(self, settings: dict[str, Any], seed: int):
         self.settings = settings

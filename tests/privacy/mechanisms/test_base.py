@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flip.experiment.recipes import resolve_recipe
 from flip.experiment.validate import config_problems
+from flip.privacy.mechanisms.none import NoPrivacy
 from tests.privacy.conftest import problems
 
 
@@ -21,4 +22,4 @@ def test_a_budget_needs_differential_privacy():
 
 
 def test_delta_is_a_probability():
-    assert "privacy.delta: must be in (0, 1), got 1.5" in problems("privacy=local_dp", "privacy.delta=1.5")
+    assert list(NoPrivacy.value_problems({"delta": 1.5, "max_epsilon": None})) == ["privacy.delta: must be in (0, 1), got 1.5"]

@@ -9,29 +9,29 @@ import pytest
 from flip.experiment.recipes import resolve_recipe
 from flip.experiment.validate import validate
 from flip.privacy.dp_sgd import DEFAULTS, DpSgd
+from flip.privacy.mechanisms.dp_sgd import SampleLevelDp
 from flip.privacy.plan import PrivacyPlan
 from tests.privacy.conftest import plan_for, problems
 
 
 @pytest.mark.parametrize(
-    "overrides, expected",
+    "settings, expected",
     [
-        (["privacy.noise_multiplier=null"], "privacy.noise_multiplier: null needs privacy.target_epsilon to derive the noise from"),
-        (["privacy.target_epsilon=3"], "privacy.target_epsilon: set privacy.noise_multiplier=null to derive the noise from the target"),
-        (
-            ["strategy=fedprox", "strategy.proximal_mu=0.1"],
-            "strategy.proximal_mu: FedProx's proximal term would be dropped by DP-SGD's optimizer (privacy=dp_sgd); "
-            "set it to 0 or use strategy=fedavg",
-        ),
-        (
-            ["trainer.gradient_clip_val=1.0"],
-            "trainer.gradient_clip_val: DP-SGD clips each sample's gradient itself (privacy.clipping_norm); set it to null",
-        ),
+        ({"noise_multiplier": None}, "privacy.noise_multiplier: null needs privacy.target_epsilon to derive the noise from"),
+        ({"target_epsilon": 3}, "privacy.target_epsilon: set privacy.noise_multiplier=null to derive the noise from the target"),
     ],
 )
-def test_bad_dp_sgd_settings_are_named(overrides, expected):
-    found = problems("privacy=dp_sgd", *overrides)
-    assert expected in found, found
+def test_the_noise_is_set_or_derived_from_a_target(settings, expected):
+    assert list(SampleLevelDp.value_problems({"noise_multiplier": 1.0, "target_epsilon": None, **settings})) == [expected]
+
+
+def test_nothing_may_edit_the_gradients_dp_sgd_clips_and_noises():
+    found = problems("privacy=dp_sgd", "strategy=fedprox", "strategy.proximal_mu=0.1", "trainer.gradient_clip_val=1.0")
+    assert found == [
+        "strategy.proximal_mu: FedProx's proximal term would be dropped by DP-SGD's optimizer (privacy=dp_sgd); "
+        "set it to 0 or use strategy=fedavg",
+        "trainer.gradient_clip_val: DP-SGD clips each sample's gradient itself (privacy.clipping_norm); set it to null",
+    ]
 
 
 def test_a_local_run_and_a_federated_site_get_dp_sgd_from_the_plan():
