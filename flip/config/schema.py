@@ -1,7 +1,7 @@
 """Schemas of the keys no component owns: the root config, the trainer, the federation modes, partitions.
 
 Components declare their own (`flip/data/<source>/schema.py`, `flip/models/schema.py`,
-`flip/privacy/schema.py`, `flip/config/strategies.py`); `flip.experiment.catalog` gathers them all.
+`flip/privacy/mechanisms/`, `flip/config/strategies.py`); `flip.experiment.catalog` gathers them all.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ server and every site build from, so the two halves of a mechanism cannot drift 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -45,4 +46,10 @@ def privacy_problems(cfg: DictConfig) -> list[str]:
     mechanism = MECHANISMS.get(name) if isinstance(name, str) else None
     if mechanism is None:
         return [f"privacy.mechanism: '{name}' is not a privacy mechanism (available: {', '.join(MECHANISMS)})"]
+    missing = {field.name for field in dataclasses.fields(mechanism.schema)} - set(privacy)
+    if missing:  # another option's settings: its mechanism was set by hand
+        return [
+            f"privacy.mechanism: {name} takes the settings of its own option (privacy={name}), which this option "
+            f"lacks ({', '.join(sorted(missing))}); choose the option rather than setting the mechanism"
+        ]
     return mechanism.problems(privacy, cfg)

@@ -51,3 +51,14 @@ def test_validating_a_config_loads_neither_flower_nor_the_training_stack():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == ""
+
+
+def test_a_mechanism_set_by_hand_on_another_option_is_refused_naming_what_it_lacks():
+    from flip.experiment.recipes import resolve_recipe
+    from flip.experiment.validate import config_problems
+
+    problems = config_problems(resolve_recipe("dicom_synthetic_fedavg"), ["privacy=dp_client_fixed", "privacy.mechanism=local_dp"])
+    assert problems == [
+        "privacy.mechanism: local_dp takes the settings of its own option (privacy=local_dp), which this option lacks "
+        "(epsilon, sensitivity); choose the option rather than setting the mechanism"
+    ]
