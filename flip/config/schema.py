@@ -18,6 +18,7 @@ from omegaconf import MISSING, SI
 from flip.config.schema_fhir import FHIR_SCHEMAS
 from flip.config.schema_privacy import PRIVACY_SCHEMAS
 from flip.config.schema_common import ClassifierConfig, SiteDataConfig
+from flip.config.schema_deployment import DeploymentFederationConfig
 from flip.config.schema_text import TEXT_SCHEMAS
 from flip.config.strategies import STRATEGY_SCHEMAS
 
@@ -208,6 +209,7 @@ SCHEMAS: Dict[str, type] = {
     "trainer/lightning": TrainerConfig,
     "federation/local": LocalFederationConfig,
     "federation/simulation": SimulationFederationConfig,
+    "federation/deployment": DeploymentFederationConfig,
     "partition/partition": PartitionConfig,
     **PRIVACY_SCHEMAS,
     **STRATEGY_SCHEMAS,
