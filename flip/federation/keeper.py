@@ -177,6 +177,13 @@ class RoundKeeper:
         self._advance(server_round, value)
         self._round_started = time.perf_counter()
 
+    def resume_at(self, server_round: int, arrays: ArrayRecord) -> None:
+        """A resumed run starts from round `server_round`'s weights (its records are restored already)."""
+        import torch  # noqa: F401
+
+        self.last_state, self.last_round = arrays.to_torch_state_dict(), server_round
+        self._round_started = time.perf_counter()
+
     def monitored(self, server_round: int) -> float | None:
         """The monitored metric of a round: the federated aggregate, else the server's own."""
         for site in (FEDERATED, SERVER):
