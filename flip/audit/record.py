@@ -61,7 +61,8 @@ def record_run(run_dir: Path, record: RunRecord, body: Callable[[], ModeResult])
     try:
         result = body()
     except BaseException as error:
-        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        status = "interrupted" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "failed"
+        manifest.update(record.manifest_extra)
         manifest.update(status=status, error=f"{type(error).__name__}: {error}", finished_at=now_iso())
         write_json(run_dir / "manifest.json", manifest)
         raise
@@ -89,6 +90,8 @@ def record_run(run_dir: Path, record: RunRecord, body: Callable[[], ModeResult])
         "wall_time_s": round(wall_time, 3),
     }
     write_json(run_dir / "summary.json", summary)
+    manifest.update(record.manifest_extra)  # the body may have added to it (e.g. the sites' versions)
+    manifest.update(result.manifest_extra)
     manifest.update(
         status="completed",
         finished_at=now_iso(),

@@ -89,6 +89,9 @@ class SiteNodeConfig:
     runtime_port: int = 9094
     # Seconds between the node's polls for work (Flower's own: 3 s).
     poll_s: float = 0.5
+    # The heartbeat interval the node announces: a node that stops counts as online for two of
+    # them (Flower's default 30 s; the SuperLink accepts 10 s and more).
+    heartbeat_s: float = 30.0
 
 
 def valid_site_name(name: Any) -> bool:
@@ -161,4 +164,6 @@ def node_problems(raw: Any, where: str) -> list[str]:
         problems += _address_problem(f"{where}.superlink", raw["superlink"])
     if isinstance(raw.get("poll_s"), (int, float)) and not 0.05 <= raw["poll_s"] <= 3:
         problems.append(f"{where}.poll_s: must be between 0.05 and 3 seconds, got {raw['poll_s']}")
+    if isinstance(raw.get("heartbeat_s"), (int, float)) and not 10 <= raw["heartbeat_s"] <= 1800:
+        problems.append(f"{where}.heartbeat_s: must be between 10 and 1800 seconds (what the SuperLink accepts), got {raw['heartbeat_s']}")
     return problems

@@ -196,7 +196,9 @@ class RoundKeeper:
         return value > best if self.monitor_mode == "max" else value < best
 
     def _advance(self, server_round: int, value: float | None) -> None:
-        if self.progress is None:
+        if self.progress is None:  # no display here (a deployment's server): one log line per round
+            shown = "n/a" if value is None else f"{value:.4f}"
+            log.info("round %d/%d done · %s %s", server_round, self.num_rounds, self.monitor, shown)
             return
         if self._task is None:
             self._task = self.progress.add_task("federated rounds", total=self.num_rounds)

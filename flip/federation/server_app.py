@@ -130,14 +130,16 @@ def serve(
     prepare: Callable[[], RoundKeeper],
     outcome: ServerOutcome,
     resume: ResumePoint | None = None,
+    packed: tuple[str, str] | None = None,
 ) -> None:
     """A federated run across the sites `site_names`, on any grid (a simulation's or a deployment's).
 
     `prepare` builds the server's own side (its records, shared inputs) while the sites answer
     the handshake. With `resume`, the run continues after that round of an earlier run.
+    `packed` is the config as sites receive it (text, sha256), when the server received it so.
     """
     federation = cfg.federation
-    text, digest = pack_config(cfg)
+    text, digest = packed or pack_config(cfg)
     shipped = {CONFIG_KEY: text, DIGEST_KEY: digest}
     timeout = float(federation.get("connect_timeout", federation.round_timeout))
     handshake = Handshake.announce(grid, site_names, timeout, {**shipped, PROTOCOL_KEY: PROTOCOL})

@@ -113,7 +113,7 @@ def server_side(cfg: DictConfig, checkpoints: Path, progress: Progress | None) -
     keeper = RoundKeeper(
         checkpoints=checkpoints,
         monitor=cfg.monitor,
-        monitor_mode=cfg.monitor_mode.name,
+        monitor_mode=getattr(cfg.monitor_mode, "name", str(cfg.monitor_mode)),  # an enum, or a received config's text
         num_rounds=cfg.federation.num_rounds,
         server_evaluate=_server_evaluator(cfg),
         progress=progress,

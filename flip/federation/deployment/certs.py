@@ -184,3 +184,32 @@ def check_pem_certificate(path: Path, where: str) -> Path:
     except ValueError as error:
         raise FlipError(f"{where}: {file} is not a PEM certificate ({error})") from None
     return file.resolve()
+
+
+def check_server_certificate(cert: Path, key: Path, ca: Path, names: list[str]) -> None:
+    """FlipError unless `cert` is signed by `ca`, matches `key`, and holds 127.0.0.1 and `names`."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    certificate = x509.load_pem_x509_certificate(cert.read_bytes())
+    authority = x509.load_pem_x509_certificate(ca.read_bytes())
+    try:
+        certificate.verify_directly_issued_by(authority)
+    except (ValueError, TypeError, Exception) as error:  # InvalidSignature has no message
+        raise FlipError(f"certificate: {cert} is not signed by ca_certificate {ca} ({type(error).__name__})") from None
+    try:
+        private = load_pem_private_key(key.read_bytes(), None)
+    except (ValueError, TypeError) as error:
+        raise FlipError(f"private_key: {key} is not an unencrypted PEM private key ({error})") from None
+    if private.public_key().public_numbers() != certificate.public_key().public_numbers():
+        raise FlipError(f"private_key: {key} is not the key of certificate {cert}")
+    try:
+        alt = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        alt = x509.SubjectAlternativeName([])
+    held = {str(ip) for ip in alt.get_values_for_type(x509.IPAddress)} | set(alt.get_values_for_type(x509.DNSName))
+    missing = [name for name in ["127.0.0.1", *names] if name not in held]
+    if missing:
+        raise FlipError(
+            f"certificate: {cert} holds the names {sorted(held)}, not {', '.join(missing)} "
+            "(the server's own processes connect to 127.0.0.1; sites to the names they are given): `flip certs --name` adds them"
+        )

@@ -1,0 +1,65 @@
+"""A client of a Runtime API (a SuperLink's or a SuperNode's), as Flower's own task processes
+make one; and the loop that claims tasks from it."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from typing import Any, Callable
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+
+def runtime_client(address: str, root_certificates: bytes | None, token: str | None = None, component: str = "SuperExec") -> Any:
+    from flwr.supercore.interceptors.http.runtime_token import RuntimeTokenHttpInterceptor
+    from flwr.supercore.interceptors.http.runtime_version import RuntimeVersionHttpInterceptor
+    from flwr.supercore.retry.http_retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime.runtime_http_client import RuntimeHttpClient
+
+    interceptors: list[Any] = [RuntimeVersionHttpInterceptor(component_name=component)]
+    if token is not None:
+        interceptors.append(RuntimeTokenHttpInterceptor(token))
+    return RuntimeHttpClient.from_server_address(
+        server_address=address,
+        insecure=root_certificates is None,
+        root_certificates=root_certificates,
+        interceptors=interceptors,
+        retry_invoker=make_simple_http_retry_invoker(),
+    )
+
+
+class Stopping:
+    """Set by SIGTERM or SIGINT: the claim loop finishes its task and returns."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._request)
+
+    def _request(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+
+def claim_tasks(address: str, root_certificates: bytes | None, task_type: str, poll_s: float, handle: Callable[[Any, str], None], stopping: Stopping, idle: Callable[[], None] = lambda: None) -> None:
+    """Claim tasks of `task_type` one at a time and `handle(task, token)` each, until stopped."""
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest
+
+    client = runtime_client(address, root_certificates)
+    try:
+        while not stopping.requested:
+            try:
+                response = client.AcquireTask(AcquireTaskRequest(supported_task_types=[task_type], agentapp_fab_hashes=[]))
+            except (httpx.TransportError, httpx.HTTPStatusError) as error:
+                log.warning("Runtime API at %s: %s", address, error)
+                time.sleep(1.0)
+                continue
+            if response.HasField("task") and response.token:
+                handle(response.task, response.token)
+                continue
+            idle()
+            time.sleep(poll_s)
+    finally:
+        client.close()
