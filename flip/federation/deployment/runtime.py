@@ -32,15 +32,19 @@ def runtime_client(address: str, root_certificates: bytes | None, token: str | N
 
 
 class Stopping:
-    """Set by SIGTERM or SIGINT: the claim loop finishes its task and returns."""
+    """SIGTERM or SIGINT: a task under way is finished first; between tasks the loop stops at once
+    (also from inside a call that Flower's client retries)."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.busy = False
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._request)
 
     def _request(self, signum: int, frame: object) -> None:
         self.requested = True
+        if not self.busy:
+            raise SystemExit(0)
 
 
 def claim_tasks(address: str, root_certificates: bytes | None, task_type: str, poll_s: float, handle: Callable[[Any, str], None], stopping: Stopping, idle: Callable[[], None] = lambda: None) -> None:
@@ -57,7 +61,11 @@ def claim_tasks(address: str, root_certificates: bytes | None, task_type: str, p
                 time.sleep(1.0)
                 continue
             if response.HasField("task") and response.token:
-                handle(response.task, response.token)
+                stopping.busy = True
+                try:
+                    handle(response.task, response.token)
+                finally:
+                    stopping.busy = False
                 continue
             idle()
             time.sleep(poll_s)

@@ -132,7 +132,7 @@ class SiteNode:
         return self.supernode.running() and self.worker.running()
 
     def stop(self) -> None:
-        stop_all([self.supernode, self.worker])
+        stop_all([self.worker, self.supernode])  # the worker first, while its SuperNode still answers
 
 
 def run_site(plan: SitePlan, say: Callable[[str], Any] = print) -> None:
