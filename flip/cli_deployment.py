@@ -82,19 +82,17 @@ def _control(args: argparse.Namespace):
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
-    from flip.console import console
+    import json
 
     with _control(args) as control:
         runs = control.runs()
-    table = Table(title=f"runs on {args.superlink}")
-    for column in ("run id", "status", "submitted", "finished", "details"):
-        table.add_column(column)
+    if args.json:
+        print(json.dumps([vars(info) for info in runs], indent=1))
+        return 0
+    print(f"{'run id':<21} {'status':<20} {'submitted':<19}  {'finished':<19}  details")
     for info in runs:
         status = info.status if info.status != "finished" else f"finished: {info.sub_status}"
-        table.add_row(str(info.run_id), status, info.pending_at[:19], info.finished_at[:19], info.details[:80])
-    console.print(table)
+        print(f"{info.run_id:<21} {status:<20} {info.pending_at[:19]:<19}  {info.finished_at[:19]:<19}  {info.details[:100]}")
     return 0
 
 
@@ -153,6 +151,7 @@ def add_deployment_commands(commands: argparse._SubParsersAction) -> None:
 
     runs = commands.add_parser("runs", help="list the runs on a server, with their status")
     _connection_options(runs)
+    runs.add_argument("--json", action="store_true", help="print a JSON list")
     runs.set_defaults(handler=cmd_runs)
 
     stop = commands.add_parser("stop", help="stop a run on a server")

@@ -80,7 +80,8 @@ def connect(cfg: DictConfig) -> Control:
 class Follower:
     """Prints the server's log lines as they come and picks out flip's own markers."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_run_dir: Any = lambda path: None) -> None:
+        self.on_run_dir = on_run_dir
         self.server_run_dir: str | None = None
         self.result: dict[str, Any] | None = None
         self.tail: deque[str] = deque(maxlen=_TAIL)
@@ -97,6 +98,7 @@ class Follower:
         if RUN_DIR_MARK in line:
             self.server_run_dir = line.split(RUN_DIR_MARK, 1)[1].strip()
             log.info("server run directory: %s", self.server_run_dir)
+            self.on_run_dir(self.server_run_dir)
         elif RESULT_MARK in line:
             self.result = json.loads(line.split(RESULT_MARK, 1)[1])
         elif line.strip():
@@ -125,7 +127,7 @@ def run_deployment_mode(cfg: DictConfig, run_dir: Path, resume: bool = False) ->
 
     federation = cfg.federation
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    follower = Follower()
+    follower = Follower(lambda path: _receipt(run_dir, server_run_dir=path))
     with connect(cfg) as control:
         run_id, resume_dir = None, ""
         if resume:

@@ -69,6 +69,13 @@ def pull_task_input(client: Any) -> tuple[Any, Any, Any]:
     return message, context, fab
 
 
+def describe(message: Any) -> str:
+    """e.g. `train message of round 2` (what the worker logs as it starts one)."""
+    config = message.content.get("config") if message.has_content() else None
+    server_round = config.get("server-round") if config is not None else None
+    return f"{message.metadata.message_type} message" + (f" of round {server_round}" if server_round is not None else "")
+
+
 def run_task(address: str, token: str) -> None:
     """Pull one ClientApp task, run flip's ClientApp on it, push the reply and the task's end."""
     from flwr.app import Message
@@ -88,6 +95,7 @@ def run_task(address: str, token: str) -> None:
     status, details = SubStatus.FAILED, "the task failed"
     try:
         message, context, fab = pull_task_input(client)
+        log.info("run %s: %s", context.run_id, describe(message))
         check_fab(fab.content)
         reply = app(message=message, context=context)
         status, details = SubStatus.COMPLETED, ""
