@@ -126,7 +126,11 @@ class SiteGrid:
         observer = self.settings.observer
         if phase == "train":  # the sites sampled, and how many were online to sample from
             observer.before_train(server_round, sampled, population=len(self.get_node_ids()))
-        replies = sorted(self._grid.send_and_receive(messages, timeout=timeout), key=self._site)
+        received = list(self._grid.send_and_receive(messages, timeout=timeout))
+        # The grid gave each message its id when it pushed it; an error the SuperLink writes for
+        # a node that went away comes from the SuperLink itself, so replies map back by that id.
+        self._sent = {m.metadata.message_id: self.node_to_site[m.metadata.dst_node_id] for m in messages}
+        replies = sorted((m for m in received if self._site(m) is not None), key=self._site)
         usable = []
         for message in replies:
             site = self._site(message)
@@ -149,8 +153,9 @@ class SiteGrid:
         (observer.train_replies if phase == "train" else observer.evaluate_replies)(server_round, pairs)
         return usable
 
-    def _site(self, message: Message) -> int:
-        return self.node_to_site[message.metadata.src_node_id]
+    def _site(self, message: Message) -> int | None:
+        site = self.node_to_site.get(message.metadata.src_node_id)
+        return site if site is not None else getattr(self, "_sent", {}).get(message.metadata.reply_to_message_id)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
