@@ -15,7 +15,9 @@ is the heartbeat interval it announces (Flower's: 30 s, so a stopped node counts
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -71,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("usage: python -m flip.federation.deployment.daemon ROLE --parent PID [ARGS...]")
     role, parent, rest = args[0], int(args[2]), args[3:]
     die_with_parent(parent)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` writes every thread's stack to its log
     if role == "superlink":
         from flwr.superlink.cli import flower_superlink
 

@@ -32,18 +32,18 @@ def runtime_client(address: str, root_certificates: bytes | None, token: str | N
 
 
 class Stopping:
-    """SIGTERM or SIGINT: a task under way is finished first; between tasks the loop stops at once
-    (also from inside a call that Flower's client retries)."""
+    """SIGTERM or SIGINT: while `busy()` (a task being computed) the loop ends after it; otherwise
+    at once, also from inside a call that Flower's client retries."""
 
-    def __init__(self) -> None:
+    def __init__(self, busy: Callable[[], bool] = lambda: False) -> None:
         self.requested = False
-        self.busy = False
+        self.busy = busy
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._request)
 
     def _request(self, signum: int, frame: object) -> None:
         self.requested = True
-        if not self.busy:
+        if not self.busy():
             raise SystemExit(0)
 
 
@@ -61,11 +61,7 @@ def claim_tasks(address: str, root_certificates: bytes | None, task_type: str, p
                 time.sleep(1.0)
                 continue
             if response.HasField("task") and response.token:
-                stopping.busy = True
-                try:
-                    handle(response.task, response.token)
-                finally:
-                    stopping.busy = False
+                handle(response.task, response.token)
                 continue
             idle()
             time.sleep(poll_s)
