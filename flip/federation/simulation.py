@@ -119,8 +119,10 @@ def server_side(cfg: DictConfig, checkpoints: Path, progress: Progress | None) -
         progress=progress,
         ledger=PrivacyLedger(PrivacyPlan.from_config(cfg)),
     )
-    # Generate shared inputs once, here, before the sites' first round reads them.
-    if cfg.data.get("root") is None and cfg.data.get("synthetic") is not None:
+    # Generate shared inputs once, here, before the sites' first round reads them (on this
+    # machine: a simulation's sites, or the data a deployment's server evaluates on).
+    shared = cfg.federation.mode == "simulation" or cfg.federation.get("server_eval_site")
+    if shared and cfg.data.get("root") is None and cfg.data.get("synthetic") is not None:
         synthetic_root(cfg.data.synthetic, cfg.data.get("cache_dir"))
     return keeper
 

@@ -211,3 +211,21 @@ def _server_round(receipt: Path) -> int:
     server_dir = json.loads(receipt.read_text()).get("server_run_dir")
     resume = Path(server_dir or "/nonexistent") / "checkpoints" / "resume.json"
     return json.loads(resume.read_text())["round"] if resume.is_file() else 0
+
+
+def test_a_simulation_stopped_after_round_1_resumes_to_the_same_model(simulated, tmp_path):
+    tag = new_tag()
+    runner = Flip(["run", RECIPE, *simulation_overrides(ROUNDS)], tmp_path, tag, "simulation")
+    resume = wait_until(lambda: next((tmp_path / "runs").rglob("resume.json"), None), 300, "round 1 of the simulation")
+    assert runner.stop(signal.SIGINT) == 130, runner.output()[-3000:]
+    run_dir = resume.parent.parent
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "interrupted"
+    stopped_at = json.loads(resume.read_text())["round"]
+    resumed = Flip(["run", "--resume", str(run_dir)], tmp_path, tag, "simulation-resumed")
+    assert resumed.finish(300) == 0, resumed.output()[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"] == ROUNDS and summary["model_sha256"] == simulated["model_sha256"]
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert {row["round"] for row in rows if row["site"] == "federated"} == {str(r) for r in range(1, ROUNDS + 1)}
+    assert f"resuming after round {stopped_at}" in (run_dir / f"{RECIPE}.log").read_text()
+    assert_all_gone(runner.seen | resumed.seen | {runner.pid, resumed.pid} | set(tagged(tag)), timeout=30)

@@ -22,13 +22,16 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from flip.audit.record import RunRecord, record_run
+from flip.config.allowlist import AllowList, target_problems
+from flip.config.rules import rule_problems
+from flip.config.validate import schema_problems, strip_markers
 from flip.config.schema_privacy import SitePolicy
 from flip.errors import ConfigError, FlipError
 from flip.federation.deployment.polling import PollingGrid
 from flip.federation.deployment.server_home import ServerHome
 from flip.federation.shipping import unpack_config
 from flip.federation.site_config import SiteSettings, site_run_config
-from flip.federation.trust import run_problems
+from flip.federation.trust import marker_problems
 
 RUN_DIR_MARK = "flip-run-directory: "
 RESULT_MARK = "flip-result: "
@@ -52,7 +55,16 @@ def server_config(text: str, digest: str, settings: dict[str, Any]) -> DictConfi
         received = unpack_config(text, digest)
     except ConfigError as error:
         raise FlipError(f"the server refuses this run: {'; '.join(error.problems)}") from None
-    cfg, problems = run_problems(site_run_config(received, server), server)
+    marked = site_run_config(received, server)
+    plain = strip_markers(marked)
+    problems = marker_problems(marked) or schema_problems(marked)
+    # Every name is checked against the allow-list; the server builds only the strategy (and the
+    # model and data it evaluates on, checked when built), so only that one is imported now.
+    allowed = AllowList.of(server.allowed_targets)
+    problems += target_problems(plain, allowed) + target_problems({"strategy": plain.get("strategy")}, allowed, resolve=True)
+    if not problems:
+        cfg = OmegaConf.create(plain)
+        problems = rule_problems(cfg)
     if problems:
         raise FlipError(f"the server refuses this run: {'; '.join(problems)}")
     if cfg.federation.mode != "deployment":

@@ -106,12 +106,17 @@ class SiteNode:
         """Start the worker and the SuperNode; FlipError if the SuperNode cannot join."""
         become_subreaper()
         self.worker.start()
+        self.join()
+
+    def join(self) -> None:
+        """(Re)start the SuperNode; FlipError if it cannot join. The worker keeps running meanwhile:
+        it claims work from the SuperNode's local port whenever one answers there."""
         self.supernode.start()
         if self.supernode.wait_for(lambda out: _CONNECTED in out, _START_TIMEOUT_S):
             self.connected_once = True
             return
         output = self.supernode.output()
-        self.stop()
+        self.supernode.stop()
         raise FlipError(self.join_failure(output))
 
     def join_failure(self, output: str) -> str:
@@ -149,10 +154,12 @@ def run_site(plan: SitePlan, say: Callable[[str], Any] = print) -> None:
         while True:
             while node.alive():
                 time.sleep(0.2)
-            which = "SuperNode" if not node.supernode.running() else "worker"
-            say(f"site {plan.site.name}: the {which} stopped; restarting the node")
-            node.stop()
-            _restart(node, plan, say)
+            if not node.worker.running():
+                say(f"site {plan.site.name}: the worker stopped (exit {node.worker.exit_code()}); restarting it")
+                node.worker.start()
+            if not node.supernode.running():
+                say(f"site {plan.site.name}: the SuperNode stopped (exit {node.supernode.exit_code()}); restarting it")
+                _restart(node, plan, say)
     except KeyboardInterrupt:
         say(f"site {plan.site.name}: stopping")
     finally:
@@ -164,19 +171,21 @@ def run_site(plan: SitePlan, say: Callable[[str], Any] = print) -> None:
 
 
 def _restart(node: SiteNode, plan: SitePlan, say: Callable[[str], Any]) -> None:
-    """Start the node again, with back-off, while Flower may still count its last life online."""
-    deadline = time.monotonic() + plan.restart_window_s
-    delay = 1.0
+    """Start the node again after a crash. Flower counts its last life online until two of its
+    heartbeat intervals pass (re-activating fails until then), so it retries every few seconds
+    within that window, then backs off, and gives up after `restart_window_s`."""
+    started = time.monotonic()
+    window = 2 * plan.node.heartbeat_s
     while True:
-        time.sleep(delay)
+        elapsed = time.monotonic() - started
+        time.sleep(2.0 if elapsed < window + 10 else _MAX_BACKOFF_S)
         try:
-            node.start()
+            node.join()
             say(f"site {plan.site.name} rejoined {plan.node.superlink}")
             return
         except FlipError as error:
-            if time.monotonic() > deadline:
+            if time.monotonic() - started > plan.restart_window_s:
                 raise FlipError(f"site {plan.site.name} could not rejoin within {plan.restart_window_s:.0f} s: {error}") from None
-            delay = min(_MAX_BACKOFF_S, delay * 2)
 
 
 def _interrupt(signum: int, frame: object) -> None:
