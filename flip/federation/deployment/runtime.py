@@ -8,15 +8,38 @@ import signal
 import time
 from typing import Any, Callable
 
-import httpx
-
 log = logging.getLogger(__name__)
+
+
+# A local Runtime API that does not answer for this long is treated as gone.
+RETRY_FOR_S = 30.0
+
+
+def retries() -> Any:
+    """Retry what a restarting API may refuse (transport errors, 502-504) for `RETRY_FOR_S`.
+
+    Flower's own policy suits a process that runs one task: it sends the process SIGINT when a
+    task's token is refused (401), and raises a BaseException for a stopped run (403). In a
+    long-lived worker those are errors of one task, raised as such.
+    """
+    import httpx
+    from flwr.supercore.retry.retry_invoker import RetryInvoker, exponential
+
+    def give_up(error: Exception) -> bool:
+        return isinstance(error, httpx.HTTPStatusError) and error.response.status_code not in (502, 503, 504)
+
+    return RetryInvoker(
+        wait_gen_factory=lambda: exponential(max_delay=2.0),
+        recoverable_exceptions=(httpx.TransportError, httpx.HTTPStatusError),
+        max_tries=None,
+        max_time=RETRY_FOR_S,
+        should_giveup=give_up,
+    )
 
 
 def runtime_client(address: str, root_certificates: bytes | None, token: str | None = None, component: str = "SuperExec") -> Any:
     from flwr.supercore.interceptors.http.runtime_token import RuntimeTokenHttpInterceptor
     from flwr.supercore.interceptors.http.runtime_version import RuntimeVersionHttpInterceptor
-    from flwr.supercore.retry.http_retry import make_simple_http_retry_invoker
     from flwr.supercore.runtime.runtime_http_client import RuntimeHttpClient
 
     interceptors: list[Any] = [RuntimeVersionHttpInterceptor(component_name=component)]
@@ -27,7 +50,7 @@ def runtime_client(address: str, root_certificates: bytes | None, token: str | N
         insecure=root_certificates is None,
         root_certificates=root_certificates,
         interceptors=interceptors,
-        retry_invoker=make_simple_http_retry_invoker(),
+        retry_invoker=retries(),
     )
 
 
@@ -56,7 +79,7 @@ def claim_tasks(address: str, root_certificates: bytes | None, task_type: str, p
         while not stopping.requested:
             try:
                 response = client.AcquireTask(AcquireTaskRequest(supported_task_types=[task_type], agentapp_fab_hashes=[]))
-            except (httpx.TransportError, httpx.HTTPStatusError) as error:
+            except Exception as error:  # noqa: BLE001  (the API may be restarting: try again)
                 log.warning("Runtime API at %s: %s", address, error)
                 time.sleep(1.0)
                 continue

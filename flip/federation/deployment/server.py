@@ -169,9 +169,12 @@ class FlipServer:
             raise FlipError(f"the SuperLink did not start on {self.plan.address}: {tail} (log: {self.superlink.log})")
         self.executor.start()
 
+    def _daemons(self) -> list[Daemon]:
+        return [self.superlink, self.executor]
+
     def check(self) -> None:
         """Restart the launcher if it stopped; FlipError if the SuperLink did."""
-        reap_orphans()
+        reap_orphans({d.pid for d in self._daemons() if d.pid})
         if not self.superlink.running():
             raise FlipError(f"the SuperLink stopped (exit {self.superlink.exit_code()}): {_tail(self.superlink.output())} (log: {self.superlink.log})")
         if not self.executor.running():

@@ -132,8 +132,11 @@ class SiteNode:
         lines = [line.strip() for line in output.splitlines() if line.strip()]
         return f"the node of site {name} did not join {address}: {' | '.join(lines[-3:]) or 'no output'} (log: {self.supernode.log})"
 
+    def _daemons(self) -> list[Daemon]:
+        return [self.supernode, self.worker]
+
     def alive(self) -> bool:
-        reap_orphans()
+        reap_orphans({d.pid for d in self._daemons() if d.pid})
         return self.supernode.running() and self.worker.running()
 
     def stop(self) -> None:

@@ -47,17 +47,29 @@ def die_with_parent(parent: int | None) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def reap_orphans() -> list[int]:
-    """Reap any exited child that no `Daemon` waits for (re-parented descendants)."""
+def reap_orphans(keep: set[int] = frozenset()) -> list[int]:
+    """Reap every exited child but those in `keep` (the daemons, whose own `Popen` reaps them
+    and reads their exit status): descendants re-parented to this subreaper."""
     reaped = []
-    while True:
+    for pid in _children() - set(keep):
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            done, _ = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
-            return reaped
-        if pid == 0:
-            return reaped
-        reaped.append(pid)
+            continue
+        if done:
+            reaped.append(done)
+    return reaped
+
+
+def _children() -> set[int]:
+    """This process's children (Linux: /proc; elsewhere none are known)."""
+    found: set[int] = set()
+    for thread in Path(f"/proc/{os.getpid()}/task").glob("*"):
+        try:
+            found |= {int(pid) for pid in (thread / "children").read_text().split()}
+        except OSError:
+            continue
+    return found
 
 
 def flower_environment(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -159,18 +171,6 @@ def stop_all(daemons: list[Daemon], grace: float = 10.0) -> None:
     deadline = time.monotonic() + 2.0
     while time.monotonic() < deadline:
         reap_orphans()
-        if not _children_left():
+        if not _children():
             return
         time.sleep(0.05)
-
-
-def _children_left() -> bool:
-    """Whether this process still has children (Linux: /proc; elsewhere assume none)."""
-    task = Path(f"/proc/{os.getpid()}/task")
-    if not task.is_dir():
-        return False
-    for thread in task.iterdir():
-        children = thread / "children"
-        if children.is_file() and children.read_text().strip():
-            return True
-    return False
