@@ -148,7 +148,12 @@ def run_deployment_mode(cfg: DictConfig, run_dir: Path, resume: bool = False) ->
     if info.sub_status != "completed" or follower.result is None:
         tail = "\n".join(f"    {line}" for line in follower.tail) or "    (no log lines)"
         why = info.details or ("the ServerApp ended without a result" if info.sub_status == "completed" else "")
-        raise FlipError(f"run {run_id} {info.sub_status or info.status} on the server at {federation.superlink}: {why}\n  its last log lines:\n{tail}")
+        hint = ""
+        if follower.server_run_dir and (Path(follower.server_run_dir) / "checkpoints" / "resume.json").exists():
+            hint = f"\n  it completed rounds before it stopped: `flip run --resume {run_dir}` continues it"
+        elif follower.server_run_dir:
+            hint = f"\n  if rounds were completed, `flip run --resume {run_dir}` continues it on the server"
+        raise FlipError(f"run {run_id} {info.sub_status or info.status} on the server at {federation.superlink}: {why}\n  its last log lines:\n{tail}{hint}")
     return _mode_result(follower.result, run_id, follower.server_run_dir)
 
 
