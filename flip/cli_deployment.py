@@ -36,6 +36,14 @@ def _server_plan(args: argparse.Namespace):
     return load_server_plan(Path(args.config) if args.config else None, **given)
 
 
+def _settings_home(config: Path) -> Path:
+    """The `home` a server settings file names (relative to the file), without checking the rest."""
+    from omegaconf import OmegaConf
+
+    home = OmegaConf.to_container(OmegaConf.load(config)).get("home", "flip-server")
+    return (config.expanduser().resolve().parent / str(home)).resolve()
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     from flip.console import console
     from flip.federation.deployment.server import serve_forever
@@ -48,7 +56,7 @@ def cmd_register_site(args: argparse.Namespace) -> int:
     from flip.console import console
     from flip.federation.deployment.server import register_site
 
-    home = Path(args.home) if args.home else _server_plan(args).home
+    home = Path(args.home) if args.home else _settings_home(Path(args.config)) if args.config else Path("flip-server")
     node_id = register_site(home, args.site_name, Path(args.key))
     console.print(f"enrolled site {args.site_name}" + (f" (node {node_id})" if node_id else " (insecure server: name only)"), markup=False)
     return 0

@@ -106,7 +106,8 @@ def _address_problem(key: str, address: Any) -> list[str]:
 
 
 def connection_problems(federation: Any) -> list[str]:
-    """How the researcher's machine reaches the server (checked where `flip run` starts)."""
+    """How the researcher's machine reaches the server, checked when `flip run` starts (the
+    config's hash, which sites approve, does not depend on it: `flip show --hash` needs none)."""
     problems = _address_problem("federation.superlink", federation.superlink)
     if federation.insecure and federation.root_certificates:
         problems.append("federation.insecure: true with federation.root_certificates set; choose one")
@@ -130,7 +131,7 @@ def deployment_problems(federation: Any) -> list[str]:
     if names and len(names) != federation.num_sites:
         problems.append(f"federation.site_names: lists {len(names)} site(s), federation.num_sites is {federation.num_sites}")
     if federation.superlink is not None:  # null in the config a site or the server receives
-        problems += connection_problems(federation)
+        problems += _address_problem("federation.superlink", federation.superlink)
     for key in ("round_timeout", "connect_timeout"):
         if federation[key] <= 0:
             problems.append(f"federation.{key}: must be positive, got {federation[key]}")

@@ -72,7 +72,12 @@ def run_config(cfg: DictConfig, resume_dir: str = "") -> dict[str, Any]:
 
 
 def connect(cfg: DictConfig) -> Control:
+    from flip.config.schema_deployment import connection_problems
+    from flip.errors import ConfigError
+
     federation = cfg.federation
+    if problems := connection_problems(federation):
+        raise ConfigError(problems)
     ca = None if federation.insecure else ca_bytes(federation.root_certificates, "federation.root_certificates")
     return Control(str(federation.superlink), ca, bool(federation.insecure))
 

@@ -195,6 +195,17 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _policy(site: SiteSettings) -> str:
+    """The policy's rules that differ from accepting anything, e.g. `require_dp: True, min_cohort: 20`."""
+    from dataclasses import asdict, fields
+
+    from flip.config.schema_privacy import SitePolicy
+
+    defaults = {f.name: f.default for f in fields(SitePolicy)}
+    set_rules = {key: value for key, value in asdict(site.policy).items() if value != defaults.get(key)}
+    return ", ".join(f"{key}: {value}" for key, value in set_rules.items()) or "none (accepts any privacy setting)"
+
+
 def check_site(plan: SitePlan, recipe: Path | None, overrides: list[str]) -> list[str]:
     """What the site would serve, as lines: its settings, its node, and (given a recipe) whether
     it accepts that run and what its data looks like to flip. Nothing connects."""
@@ -204,7 +215,7 @@ def check_site(plan: SitePlan, recipe: Path | None, overrides: list[str]) -> lis
         f"  node: {plan.node.superlink}, " + ("NO TLS (node.insecure)" if plan.ca is None else f"TLS with {plan.ca}, key {plan.key}"),
         f"  state and logs: {plan.home}",
         f"  data: {json.dumps(site.data) if site.data else '(the recipe’s)'}",
-        f"  policy: {site.policy}",
+        f"  policy: {_policy(site)}",
         f"  approves: {'any run' if site.approved is None else ', '.join(site.approved) or 'no run'}",
         f"  allow-list additions: {', '.join(site.allowed_targets) or 'none'}; cpus: {site.cpus or 'torch default'}",
     ]
