@@ -102,6 +102,8 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 
     name, overrides = _split_recipe(args.items)
     cfg = validate(resolve_recipe(name), overrides)
+    if cfg.federation.mode == "deployment":
+        raise FlipError("a deployment's data is at its sites: each site inspects its own with `flip site --config SITE.yaml --check RECIPE [OVERRIDES]`")
     sites = inspect_sites(cfg, require_labels=not args.no_labels)
     if args.json:
         print(json.dumps({"sites": [site.as_json() for site in sites]}, indent=2))
