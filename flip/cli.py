@@ -19,8 +19,8 @@ def _split_recipe(items: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flip.config.recipes import resolve_recipe
-    from flip.config.validate import validate, validate_sweep
+    from flip.experiment.recipes import resolve_recipe
+    from flip.experiment.validate import validate, validate_sweep
     from flip.launch import launch
 
     if args.resume:
@@ -40,8 +40,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from flip.config.recipes import resolve_recipe
-    from flip.config.validate import validate_sweep
+    from flip.experiment.recipes import resolve_recipe
+    from flip.experiment.validate import validate_sweep
     from flip.console import console
 
     name, overrides = _split_recipe(args.items)
@@ -54,8 +54,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
-    from flip.config.recipes import resolve_recipe
-    from flip.config.validate import validate
+    from flip.experiment.recipes import resolve_recipe
+    from flip.experiment.validate import validate
 
     name, overrides = _split_recipe(args.items)
     cfg = validate(resolve_recipe(name), overrides)
@@ -71,7 +71,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_ls(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from flip.config.recipes import list_recipes
+    from flip.experiment.recipes import list_recipes
     from flip.console import console
     from flip.paths import DEFAULT_RECIPE
 
@@ -96,9 +96,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_data_inspect(args: argparse.Namespace) -> int:
     import json
 
-    from flip.config.recipes import resolve_recipe
-    from flip.config.validate import validate
-    from flip.data.inspect import inspect_sites
+    from flip.experiment.recipes import resolve_recipe
+    from flip.experiment.validate import validate
+    from flip.inspect import inspect_sites
 
     name, overrides = _split_recipe(args.items)
     cfg = validate(resolve_recipe(name), overrides)
@@ -116,7 +116,7 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from flip.console import console
-    from flip.data.synthetic import write_synthetic_dicom
+    from flip.data.synthetic.dataset import write_synthetic_dicom
 
     out = write_synthetic_dicom(
         Path(args.out),

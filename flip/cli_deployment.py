@@ -69,18 +69,32 @@ def cmd_site(args: argparse.Namespace) -> int:
     plan = load_site_plan(Path(args.config))
     say = lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
     if args.check:
-        from flip.cli import _split_recipe
-        from flip.config.recipes import resolve_recipe
+        from flip.experiment.recipes import resolve_recipe
 
-        name, overrides = _split_recipe(args.items)
-        recipe = resolve_recipe(name) if name or overrides else None
-        for line in check_site(plan, recipe, overrides):
+        items = list(args.items)
+        name = items.pop(0) if items and "=" not in items[0] and not items[0].startswith(("+", "~")) else None
+        recipe = resolve_recipe(name) if name or items else None
+        lines, run = check_site(plan, recipe, items)
+        for line in lines + (_inventory(run) if run is not None else []):
             say(line)
         return 0
     if args.items:
         raise SystemExit(f"flip site: unexpected arguments {' '.join(args.items)} (a recipe goes with --check)")
     run_site(plan, say=say)
     return 0
+
+
+def _inventory(run) -> list[str]:
+    """The site's data as the run would read it: counts, labels, and what is left out and why."""
+    from flip.inspect import inventory_of
+    from flip.training import build_datamodule
+
+    datamodule = build_datamodule(run.cfg, min_samples=0)
+    datamodule.setup("fit")
+    inventory = inventory_of(datamodule)
+    labels = ", ".join(f"{label}: {n}" for label, n in inventory.labels.items())
+    lines = [f"  data as flip reads it: {inventory.found} found, {inventory.usable} usable ({labels}), {len(inventory.skipped)} skipped"]
+    return lines + [f"    skipped {item['path']}: {item['reason']}" for item in inventory.skipped[:20]]
 
 
 def _control(args: argparse.Namespace):

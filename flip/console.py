@@ -13,10 +13,11 @@ err_console = Console(stderr=True)
 
 
 def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
-    table = Table(title=f"{summary['recipe']} · {summary['mode']} · {summary['rounds']} round(s)")
+    unit = "epoch" if summary["mode"] == "local" else "round"
+    table = Table(title=f"{summary['recipe']} · {summary['mode']} · {summary['rounds']} {unit}(s)")
     table.add_column("metric")
     table.add_column("final", justify="right")
-    table.add_column(f"best (round {summary['best_metrics'].get('round', '?')})", justify="right")
+    table.add_column(f"best ({unit} {summary['best_metrics'].get('round', '?')})", justify="right")
     best = summary["best_metrics"]
     for key, value in summary["metrics"].items():
         best_value = best.get(key)

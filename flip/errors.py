@@ -9,6 +9,15 @@ class FlipError(Exception):
     exit_code = 1
 
 
+class DataError(FlipError, ValueError):
+    """A site's data cannot be used as configured (too few items, an unreadable manifest): the
+    message names the path and the setting to change."""
+
+
+class MissingData(DataError, FileNotFoundError):
+    """A folder or file the data settings name does not exist."""
+
+
 class ConfigError(FlipError):
     """One or more configuration problems, each on its own line. Exit status 2."""
 

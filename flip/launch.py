@@ -9,8 +9,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from flip.config import schema
-from flip.config.compose import searchpath_override
+from flip.experiment import catalog
+from flip.experiment.compose import searchpath_override
 from flip.console import print_summary
 from flip.errors import FlipError
 
@@ -65,7 +65,7 @@ def launch(recipe: Path, overrides: list[str], multirun: bool = False, resume: b
         print_summary(result.summary, result.run_dir)
         return result.summary
 
-    schema.register()
+    catalog.register()  # Hydra's own composition of each job: typed by the schemas
     app = hydra.main(config_path=str(recipe.parent), config_name=recipe.stem, version_base="1.3")(task)
     saved_argv = sys.argv
     sys.argv = [saved_argv[0], *hydra_argv(recipe, overrides, multirun)]

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from flip.audit.record import RunRecord, record_run
 from flip.config.allowlist import AllowList, entry_problems, target_problems
-from flip.config.rules import rule_problems
+from flip.experiment.rules import rule_problems
 from flip.errors import ConfigError, FlipError
 from flip.results import config_sha256
 from flip.run_types import ModeResult

@@ -45,7 +45,7 @@ def build_datamodule(cfg: DictConfig, **overrides: Any) -> L.LightningDataModule
 def build_model(cfg: DictConfig) -> L.LightningModule:
     """The configured model; a tabular model's input width comes from the data's feature spec,
     so the server and every site agree on it before any data is read."""
-    from flip.data.fhir_features import num_features
+    from flip.data.fhir.features import num_features
 
     extra = {}
     if "in_features" in cfg.model and cfg.model.in_features is None:

@@ -93,7 +93,7 @@ def test_data_inspect_reports_every_site_and_every_skipped_file_as_json(tmp_path
 
     from pydicom.data import get_testdata_file
 
-    from flip.data.synthetic import write_synthetic_dicom
+    from flip.data.synthetic.dataset import write_synthetic_dicom
 
     root = write_synthetic_dicom(tmp_path / "data", num_sites=2, images_per_site=12, image_size=32, seed=3)
     (root / "site-2" / "dicom" / "broken.dcm").write_bytes(b"not a dicom file at all")
@@ -125,3 +125,47 @@ def test_data_inspect_without_labels_counts_unlabelled_items(tmp_path):
     (site,) = json.loads(result.stdout)["sites"]
     assert (site["found"], site["usable"], site["unlabelled"], site["skipped"]) == (2, 0, 2, [])
     assert site["modalities"] == {"CT": 1, "MR": 1}
+
+
+def _real_dicom_folder(folder):
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        shutil.copy(get_testdata_file(name, download=False), folder / name)
+    return folder
+
+
+def test_expected_data_mistakes_are_one_line_naming_the_fix(tmp_path):
+    from flip.data.synthetic.dataset import write_synthetic_dicom
+
+    dicom = _real_dicom_folder(tmp_path / "films")
+    result = flip("data", "inspect", "dicom_synthetic_local", "data=dicom", f"data.root={dicom}", "data.image_size=32")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"flip: labels CSV not found: {dicom}/labels.csv (data.labels='labels.csv')")
+    assert "--no-labels" in line
+
+    export = write_synthetic_dicom(tmp_path / "synthetic", num_sites=1, images_per_site=8, image_size=16, seed=1) / "site-1" / "fhir"
+    result = flip("data", "inspect", "fhir_synthetic_local", f"data.root={export}", "data.site=null")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line == (
+        f"flip: FHIR folder not found: {export}/fhir (data.fhir_dir='fhir'); the site folder itself holds the "
+        "export's files: set data.fhir_dir=."
+    )
+    assert flip("data", "inspect", "fhir_synthetic_local", f"data.root={export}", "data.site=null", "data.fhir_dir=.",
+                "data.min_samples=1").returncode == 0
+
+
+def test_without_labels_a_missing_labels_csv_is_not_an_item(tmp_path):
+    import json
+
+    dicom = _real_dicom_folder(tmp_path / "films")
+    result = flip("data", "inspect", "dicom_synthetic_local", "data=dicom", f"data.root={dicom}", "data.image_size=32",
+                  "--no-labels", "--json")
+    assert result.returncode == 0, result.stderr
+    (site,) = json.loads(result.stdout)["sites"]
+    assert (site["found"], site["unlabelled"], site["skipped"]) == (2, 2, [])

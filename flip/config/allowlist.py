@@ -6,8 +6,8 @@ with `flip.` can reach anything flip imported. flip therefore checks three thing
 
 - placement: `_target_` (and Hydra's `_partial_`, `_recursive_`, `_args_`, `_convert_`) only in
   the component slots the schemas declare (`SLOTS`), each with only the keys it needs;
-- the name, before anything is imported: flip's own components (the `_target_` defaults of its
-  option schemas), torch optimisers and schedulers, Flower strategies, plus the owner's
+- the name, before anything is imported: flip's own data modules (in `flip.data`) and models (in
+  `flip.models`), torch optimisers and schedulers, Flower strategies, plus the owner's
   `allowed_targets` (exact names, or `package.*` for classes defined in that package);
 - the object, imported without calling anything: a class of the slot's kind whose own module
   and qualified name are the written path (or a re-export by a parent package). Only an exact
@@ -22,9 +22,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from enum import Enum
-from functools import cache
 from typing import Any, Iterable, Iterator
 
 from flip.errors import ConfigError
@@ -86,26 +85,16 @@ _PACKAGE_DEFAULTS = {
 }
 
 
-@cache
-def flip_components() -> dict[str, Kind]:
-    """flip's own data modules and models: the `_target_` defaults of its option schemas."""
-    from flip.config.schema import SCHEMAS
-
-    kinds = {"data": Kind.DATA, "model": Kind.MODEL}
-    found = {}
-    for name, schema_cls in SCHEMAS.items():
-        kind = kinds.get(name.partition("/")[0])
-        target = next((f.default for f in fields(schema_cls) if f.name == "_target_"), None)
-        if kind is not None and isinstance(target, str) and target.startswith("flip."):
-            found[target] = kind
-    return found
+# flip's own components: classes defined in these packages (checked by object: a subclass of the
+# kind's base, defined at the written path).
+_FLIP_PACKAGES = {Kind.DATA: "flip.data", Kind.MODEL: "flip.models"}
 
 
 def default_names(kind: Kind) -> str:
     """The defaults of a kind, in words, for messages."""
     if kind in _PACKAGE_DEFAULTS:
         return f"a class in {_PACKAGE_DEFAULTS[kind]}"
-    return "flip's own: " + ", ".join(sorted(n for n, k in flip_components().items() if k is kind))
+    return f"flip's own, a class in {_FLIP_PACKAGES[kind]}"
 
 
 def _is_plain_name(path: str, min_parts: int = 2) -> bool:
@@ -139,10 +128,11 @@ class AllowList:
         """Whether the written name passes, before anything is imported."""
         if not _is_plain_name(path):
             return False
-        if path in self.exact or self.in_listed_package(path) or flip_components().get(path) is kind:
+        if path in self.exact or self.in_listed_package(path):
             return True
-        package = _PACKAGE_DEFAULTS.get(kind)
-        return package is not None and path.rpartition(".")[0] == package
+        if kind in _FLIP_PACKAGES:
+            return path.startswith(_FLIP_PACKAGES[kind] + ".")
+        return path.rpartition(".")[0] == _PACKAGE_DEFAULTS[kind]
 
 
 def entry_problems(entries: Any, key: str) -> list[str]:

@@ -142,7 +142,7 @@ def deployment_problems(federation: Any) -> list[str]:
 
 def server_settings_problems(raw: dict, where: str) -> list[str]:
     from flip.config.allowlist import entry_problems
-    from flip.config.validate import check_node
+    from flip.config.checks import check_node
 
     problems = check_node(raw, ServerSettingsConfig, where)
     problems += entry_problems(raw.get("allowed_targets"), f"{where}.allowed_targets")
@@ -154,7 +154,7 @@ def server_settings_problems(raw: dict, where: str) -> list[str]:
 
 
 def node_problems(raw: Any, where: str) -> list[str]:
-    from flip.config.validate import check_node
+    from flip.config.checks import check_node
 
     if raw is None:
         return []

@@ -29,7 +29,7 @@ def synthetic_site_names(num_sites: int) -> list[str]:
 
 def synthetic_root(synthetic: Mapping[str, Any], cache_dir: str | Path | None = None) -> Path:
     """flip's generated data set for `synthetic` parameters, made in its cache on first use."""
-    from flip.data.synthetic import ensure_synthetic_dicom
+    from flip.data.synthetic.dataset import ensure_synthetic_dicom
 
     return ensure_synthetic_dicom(cache_dir or default_cache_dir(), **synthetic)
 

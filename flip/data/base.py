@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from flip.data.partition import natural_key, partition_indices, partition_names
+from flip.data.partition import natural_key, site_share
+from flip.errors import DataError, MissingData
 
 log = logging.getLogger("flip.data")
 SPLITS = ("train", "val", "test")
@@ -55,7 +56,7 @@ class SiteDataModule(L.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
-        min_samples: int = 1,
+        min_samples: int = 10,
         partition: Mapping | None = None,
         *,
         synthetic: Mapping | None = None,
@@ -125,7 +126,7 @@ class SiteDataModule(L.LightningDataModule):
         root = self.root = self.resolve_root()
         site_dir = root / self.site if self.site else root
         if not site_dir.is_dir():
-            raise FileNotFoundError(f"data folder not found: {site_dir}")
+            raise MissingData(f"data folder not found: {site_dir} (data.root, data.site)")
         return site_dir
 
     def setup(self, stage: str | None = None) -> None:
@@ -136,10 +137,10 @@ class SiteDataModule(L.LightningDataModule):
         self.site_name = self.site or site_dir.name
         self.skipped = []
         items = self.load_items(site_dir)
-        if self.partition is not None:
-            items = self._partition_items(items)
+        if self.partition is not None:  # a simulated site: its share of a pooled data set
+            items, self.site_name = site_share(items, self.partition)
         if len(items) < self.min_samples:
-            raise ValueError(
+            raise DataError(
                 f"site {self.site_name}: {len(items)} usable item(s) in {site_dir}, fewer than "
                 f"data.min_samples={self.min_samples} ({len(self.skipped)} skipped)"
             )
@@ -174,29 +175,6 @@ class SiteDataModule(L.LightningDataModule):
     def site_groups(self) -> list[str]:
         """The site names a `by_site` column or attribute gives this data set, in natural order."""
         return sorted({item.group for item in self.load_items(self.site_dir())}, key=natural_key)
-
-    def _partition_items(self, items: list[Item]) -> list[Item]:
-        """This site's share of a pooled data set: the items its `by_site` group names, or its
-        part of an iid, dirichlet or quantity split (of patients, so no patient is at two sites)."""
-        partition = self.partition
-        if partition["kind"] == "by_site":
-            self.site_name = partition["group"]
-            return [item for item in items if item.group == partition["group"]]
-        by_patient: dict[str, list[Item]] = defaultdict(list)
-        for item in items:
-            by_patient[item.patient].append(item)
-        patients = sorted(by_patient)
-        parts = partition_indices(
-            partition["kind"],
-            labels=[max(item.label for item in by_patient[p]) for p in patients],
-            num_partitions=partition["num_partitions"],
-            seed=partition["seed"],
-            alpha=partition.get("alpha", 0.5),
-            min_size=partition.get("min_size", 1),
-        )
-        self.site_name = partition_names(partition["kind"], partition["num_partitions"])[partition["index"]]
-        return [item for i in parts[partition["index"]] for item in by_patient[patients[i]]]
-
 
 def split_by_patient(
     patients: list[str], labels: list[int], val_fraction: float, test_fraction: float, seed: int

@@ -1,4 +1,5 @@
-"""Split one data set into N simulated sites, deterministically from a seed.
+"""Split one data set into N simulated sites, deterministically from a seed (simulation only: a
+real site reads its own data whole).
 
 Kinds:
     iid        shuffle, then deal into near-equal parts.
@@ -12,8 +13,9 @@ Smaller ``alpha`` means stronger skew; the same arguments always give the same p
 from __future__ import annotations
 
 import re
-from collections import Counter
-from collections.abc import Sequence
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -169,3 +171,26 @@ def _site_names(groups: Sequence[str] | None, num_partitions: int) -> list[str]:
             f"{len(sites)} distinct sites: {', '.join(sites)}"
         )
     return sites
+
+
+def site_share(items: Sequence[Any], partition: Mapping[str, Any]) -> tuple[list[Any], str]:
+    """A simulated site's items of a pooled data set, and its name: the items its `by_site` group
+    names, or its part of an iid, dirichlet or quantity split of the patients (so no patient is at
+    two sites). Items need `.patient`, `.label` and `.group`.
+    """
+    if partition["kind"] == "by_site":
+        return [item for item in items if item.group == partition["group"]], partition["group"]
+    by_patient: dict[str, list[Any]] = defaultdict(list)
+    for item in items:
+        by_patient[item.patient].append(item)
+    patients = sorted(by_patient)
+    parts = partition_indices(
+        partition["kind"],
+        labels=[max(item.label for item in by_patient[p]) for p in patients],
+        num_partitions=partition["num_partitions"],
+        seed=partition["seed"],
+        alpha=partition.get("alpha", 0.5),
+        min_size=partition.get("min_size", 1),
+    )
+    name = partition_names(partition["kind"], partition["num_partitions"])[partition["index"]]
+    return [item for i in parts[partition["index"]] for item in by_patient[patients[i]]], name

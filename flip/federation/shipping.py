@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from enum import Enum
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from flip.config import schema
-from flip.config.schema_common import SITE_PATH_KEYS, SITE_RELATIVE_PATH_KEYS
+from flip.config.schema import SCHEMA_MARKER
+from flip.data.schema import SITE_PATH_KEYS, SITE_RELATIVE_PATH_KEYS
 from flip.errors import ConfigError
+from flip.experiment.catalog import SCHEMAS
 
 MAX_CONFIG_BYTES = 1 << 20
 MAX_DEPTH = 24
@@ -32,21 +32,17 @@ DATA_NODES = ("data", "data.image", "data.tabular", "data.text")
 # federation keys of a deployment that say how this machine connects, with the values sent.
 CONNECTION_KEYS = {"superlink": None, "root_certificates": None, "insecure": False}
 
-_SCHEMA_NAMES = {cls: name for name, cls in schema.SCHEMAS.items()}
+_SCHEMA_NAMES = {cls: name for name, cls in SCHEMAS.items()}
 
 
-def _with_markers(node: Any) -> Any:
-    """A plain copy of `node`, each mapping marked with the schema it was validated against."""
-    if isinstance(node, DictConfig):
-        if node._is_none():
-            return None
-        marked = {key: _with_markers(node._get_node(key)) for key in node.keys()}
-        name = _SCHEMA_NAMES.get(OmegaConf.get_type(node))
-        return {schema.SCHEMA_MARKER: name, **marked} if name else marked
-    if isinstance(node, ListConfig):
-        return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
-    value = node._value()
-    return value.name if isinstance(value, Enum) else value
+def _with_markers(node: DictConfig, plain: dict) -> dict:
+    """`plain` (the resolved `node`), each mapping marked with the schema it was validated against."""
+    for key, value in plain.items():
+        child = node[key] if isinstance(value, dict) else None
+        if isinstance(child, DictConfig):
+            plain[key] = _with_markers(child, value)
+    name = _SCHEMA_NAMES.get(OmegaConf.get_type(node))
+    return {SCHEMA_MARKER: name, **plain} if name else plain
 
 
 def _node(container: dict, dotted: str) -> Any:
@@ -74,9 +70,8 @@ def without_site_settings(container: dict) -> dict:
 
 def pack_config(cfg: DictConfig) -> tuple[str, str]:
     """(JSON text, sha256) of the resolved config as sites receive it."""
-    # Merging the resolved values back into the typed config keeps each node's schema.
-    resolved = OmegaConf.merge(cfg, OmegaConf.to_container(cfg, resolve=True))
-    text = json.dumps(without_site_settings(_with_markers(resolved)), sort_keys=True, separators=(",", ":"))
+    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    text = json.dumps(without_site_settings(_with_markers(cfg, plain)), sort_keys=True, separators=(",", ":"))
     return text, hashlib.sha256(text.encode()).hexdigest()
 
 

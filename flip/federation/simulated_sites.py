@@ -19,62 +19,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from flip.config.schema_common import SITE_PATH_KEYS
-from flip.config.schema_site import site_settings_problems
-from flip.data import synthetic_root, synthetic_site_names
-from flip.data.partition import natural_key
+from flip.data import synthetic_root
+from flip.data.schema import SITE_PATH_KEYS
 from flip.errors import ConfigError
-
-
-def _load_yaml(path: str, key: str) -> dict[str, Any]:
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ConfigError([f"{key}: no such file: {file}"])
-    loaded = OmegaConf.to_container(OmegaConf.load(file), resolve=True)
-    if not isinstance(loaded, dict):
-        raise ConfigError([f"{key}: {file} must hold a mapping of site name to settings"])
-    return loaded
-
-
-def sites_mapping(federation: DictConfig) -> dict[str, Any]:
-    """`federation.sites_file` (if any) overlaid with `federation.sites`, by site name."""
-    merged: dict[str, Any] = {}
-    if federation.get("sites_file"):
-        merged = _load_yaml(federation.sites_file, "federation.sites_file")
-    inline = OmegaConf.to_container(federation.get("sites", {}), resolve=True)
-    return OmegaConf.to_container(OmegaConf.merge(merged, inline), resolve=True)
-
-
-def _folders(root: Path) -> list[str]:
-    if not root.is_dir():
-        raise ConfigError([f"data.root: no such folder: {root}"])
-    return [entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith(".")]
-
-
-def _first_folders(cfg: DictConfig, folders: list[str]) -> list[str]:
-    """The first `num_sites` site folders in natural order, the server's own aside."""
-    federation = cfg.federation
-    folders = sorted((f for f in folders if f != federation.get("server_eval_site")), key=natural_key)
-    wanted = int(federation.num_sites)
-    if len(folders) < wanted:
-        raise ConfigError([f"partition: by_site from folders needs {wanted} site folders, found {len(folders)}: {folders}"])
-    return folders[:wanted]
-
-
-def static_site_names(cfg: DictConfig) -> list[str] | None:
-    """Site names known without reading data (None when only the data can tell)."""
-    partition = cfg.partition
-    if partition.kind != "by_site":
-        return [f"site-{index}" for index in range(1, int(cfg.federation.num_sites) + 1)]
-    if partition.source != "folder":
-        return None
-    data = cfg.data
-    if data.get("root") is not None:
-        root = Path(data.root).expanduser()
-        return _first_folders(cfg, _folders(root)) if root.is_dir() else None
-    if data.get("synthetic") is not None:
-        return _first_folders(cfg, synthetic_site_names(int(data.synthetic.num_sites)))
-    return None
+from flip.experiment.site_schema import site_settings_problems
+from flip.experiment.sites import first_folders, folders, sites_mapping, static_site_names
 
 
 def simulated_site_names(cfg: DictConfig) -> list[str]:
@@ -85,7 +34,7 @@ def simulated_site_names(cfg: DictConfig) -> list[str]:
     data = cfg.data
     if partition.source == "folder":
         root = Path(data.root).expanduser() if data.get("root") is not None else synthetic_root(data.synthetic, data.get("cache_dir"))
-        return _first_folders(cfg, _folders(root))
+        return first_folders(cfg, folders(root))
     from flip.training import build_datamodule
 
     pooled = build_datamodule(cfg, partition=_partition(cfg, 0, None), min_samples=0)

@@ -19,9 +19,9 @@ from typing import Any, Mapping
 
 from omegaconf import OmegaConf
 
-from flip.config.schema_common import SITE_PATH_KEYS
-from flip.config.schema_privacy import SitePolicy
-from flip.config.schema_site import APPROVE_ANY, site_settings_problems
+from flip.data.schema import SITE_PATH_KEYS
+from flip.privacy.schema import SitePolicy
+from flip.experiment.site_schema import APPROVE_ANY, site_settings_problems
 from flip.errors import ConfigError, FlipError
 
 # Where a simulated node finds its settings file: `<folder>/<partition-id>.json`.

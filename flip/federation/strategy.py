@@ -8,21 +8,18 @@ each sampling call from (seed, phase, round).
 
 from __future__ import annotations
 
-import hashlib
-import random
 import re
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Protocol
+from typing import Any, Iterable, Protocol
 
-import numpy as np
 from flwr.app import Message, MessageType
 from flwr.serverapp.strategy import Strategy
 from omegaconf import DictConfig, OmegaConf
 
 from flip.config.allowlist import AllowList, Kind, checked_class, target_problems
 from flip.errors import ConfigError, FlipError
+from flip.seeding import seeded_random
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -38,28 +35,6 @@ class RoundObserver(Protocol):
 
 
 WITHHELD = "withheld"
-
-
-@contextmanager
-def seeded_random(seed: str) -> Iterator[None]:
-    """Seed the global `random` module for one call, then restore its state."""
-    state = random.getstate()
-    random.seed(seed)
-    try:
-        yield
-    finally:
-        random.setstate(state)
-
-
-@contextmanager
-def seeded_numpy(seed: str) -> Iterator[None]:
-    """Seed numpy's global generator (Flower's DP noise draws from it) for one call, then restore it."""
-    state = np.random.get_state()
-    np.random.seed(int.from_bytes(hashlib.sha256(seed.encode()).digest()[:4], "little"))
-    try:
-        yield
-    finally:
-        np.random.set_state(state)
 
 
 def error_summary(reason: str, lines: int = 3) -> str:

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from omegaconf import DictConfig, OmegaConf
 
 from flip.config.allowlist import AllowList, target_problems
-from flip.config.rules import rule_problems
-from flip.config.schema import SCHEMA_MARKER, SCHEMAS
-from flip.config.validate import GROUPS, schema_problems, strip_markers
+from flip.experiment.rules import rule_problems
+from flip.config.schema import SCHEMA_MARKER
+from flip.config.checks import strip_markers
+from flip.experiment.catalog import GROUPS, SCHEMAS
+from flip.experiment.validate import schema_problems
 from flip.errors import ConfigError, FlipError
 from flip.federation.shipping import DATA_NODES, unpack_config
 from flip.federation.site_config import SiteSettings, site_run_config

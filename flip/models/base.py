@@ -11,13 +11,14 @@ predictions (raw logits) are for balanced classes.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import lightning as L
 import torch
 from torch import nn
 
 from flip.models.metrics import classification_metrics
+from flip.models.schema import ClassifierConfig
 
 SPLITS = ("train", "val", "test")
 
@@ -38,6 +39,17 @@ def label_log_prior(datamodule: Any, num_classes: int) -> torch.Tensor:
 
 
 class Classifier(L.LightningModule):
+    # The schema that declares this model's parameters (each subclass names its own).
+    schema: ClassVar[type] = ClassifierConfig
+
+    @classmethod
+    def default_optimizer(cls) -> Callable[..., torch.optim.Optimizer]:
+        """The optimizer factory the model's schema declares, for a model built without one."""
+        from hydra.utils import instantiate
+        from omegaconf import OmegaConf
+
+        return instantiate(OmegaConf.structured(cls.schema).optimizer)
+
     def __init__(
         self,
         num_classes: int,
@@ -52,7 +64,7 @@ class Classifier(L.LightningModule):
         # log class frequencies of the training split, set when fitting with logit_adjustment
         # (a plain attribute, not a buffer: it stays out of the weights a site sends)
         self.label_log_prior: torch.Tensor | None = None
-        self.optimizer_factory = optimizer or torch.optim.Adam
+        self.optimizer_factory = optimizer or self.default_optimizer()
         self.scheduler_factory = scheduler or None  # {} from the config: none
         # ModuleDict keys must not shadow nn.Module attributes such as `train`.
         self.split_metrics = nn.ModuleDict(

@@ -11,12 +11,15 @@ from flip.models.base import Classifier, mlp_head
 from flip.models.image import conv_backbone
 from flip.models.tabular import mlp
 from flip.models.text import BagOfNgrams
+from flip.models.schema import FusionClassifierConfig
 
 
 class FusionClassifier(Classifier):
     """Encodes each configured modality, zeroes the embeddings of missing ones (the batch's mask),
     concatenates them and classifies. Inputs come as (image, features, note ids, mask), those
-    configured, in that order (flip.data.multimodal)."""
+    configured, in that order (flip.data.multimodal.datamodule)."""
+
+    schema = FusionClassifierConfig
 
     def __init__(
         self,

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from flip.models.base import Classifier, mlp_head
+from flip.models.schema import ImageClassifierConfig
 
 
 class Standardize(nn.Module):
@@ -39,6 +40,8 @@ def conv_backbone(in_channels: int, channels: list[int], global_pool: str, spati
 
 
 class ImageClassifier(Classifier):
+    schema = ImageClassifierConfig
+
     def __init__(
         self,
         num_classes: int = 2,

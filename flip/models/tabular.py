@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from flip.models.base import Classifier
+from flip.models.schema import TabularClassifierConfig
 
 
 def mlp(in_features: int, hidden: list[int], num_classes: int, dropout: float) -> nn.Sequential:
@@ -21,6 +22,8 @@ def mlp(in_features: int, hidden: list[int], num_classes: int, dropout: float) -
 
 class TabularClassifier(Classifier):
     """Classifies feature rows; `in_features` is the data's width (the runner passes it)."""
+
+    schema = TabularClassifierConfig
 
     def __init__(
         self,
@@ -37,7 +40,7 @@ class TabularClassifier(Classifier):
         if in_features is None or in_features < 1:
             raise ValueError(
                 f"TabularClassifier needs in_features (the data's feature count), got {in_features}; "
-                "flip passes it from the data config (flip.data.fhir_features.num_features)"
+                "flip passes it from the data config (flip.data.fhir.features.num_features)"
             )
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.net = mlp(in_features, list(hidden), num_classes, dropout)

@@ -7,8 +7,9 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from flip.data.tokenize import PAD
+from flip.data.text.tokenize import PAD
 from flip.models.base import Classifier
+from flip.models.schema import TextClassifierConfig
 
 
 class BagOfNgrams(nn.Module):
@@ -39,7 +40,9 @@ def classifier_head(embedding_dim: int, hidden: int, num_classes: int, dropout: 
 
 
 class TextClassifier(Classifier):
-    """Classifies notes given as [batch, max_tokens] hashed n-gram ids (flip.data.text)."""
+    """Classifies notes given as [batch, max_tokens] hashed n-gram ids (flip.data.text.datamodule)."""
+
+    schema = TextClassifierConfig
 
     def __init__(
         self,

@@ -9,10 +9,13 @@ from torch import nn
 
 from flip.models.base import Classifier, mlp_head
 from flip.models.image import conv_backbone
+from flip.models.schema import VolumeClassifierConfig
 
 
 class VolumeClassifier(Classifier):
     """The image classifier's head over a Conv3d backbone."""
+
+    schema = VolumeClassifierConfig
 
     def __init__(
         self,

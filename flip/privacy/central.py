@@ -22,7 +22,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 
-from flip.federation.strategy import seeded_numpy
+from flip.seeding import seeded_numpy
 
 
 class CalibratedNoise:

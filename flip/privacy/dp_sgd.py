@@ -31,7 +31,7 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader
 
-from flip.config.schema_privacy import DpSgdConfig
+from flip.privacy.schema import DpSgdConfig
 from flip.errors import FlipError
 
 log = logging.getLogger(__name__)

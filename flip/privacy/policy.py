@@ -7,7 +7,7 @@ every round (`flip.federation.trust`), and names each rule the run breaks.
 
 from __future__ import annotations
 
-from flip.config.schema_privacy import CENTRAL_DP, SitePolicy
+from flip.privacy.schema import CENTRAL_DP, SitePolicy
 from flip.privacy.plan import PrivacyPlan
 
 

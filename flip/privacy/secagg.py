@@ -31,8 +31,8 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 
-from flip.config.schema_privacy import SecAggConfig
-from flip.federation.strategy import seeded_random
+from flip.privacy.schema import SecAggConfig
+from flip.seeding import seeded_random
 
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
 NUM_EXAMPLES = "num-examples"

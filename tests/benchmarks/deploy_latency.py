@@ -212,7 +212,7 @@ def show(name: str, times: list[float]) -> float:
 def main() -> None:
     from omegaconf import OmegaConf
 
-    from flip.data.synthetic import ensure_synthetic_dicom
+    from flip.data.synthetic.dataset import ensure_synthetic_dicom
 
     with tempfile.TemporaryDirectory(prefix="flip-deploy-bench-") as tmp:
         work = Path(tmp)
@@ -226,8 +226,8 @@ def main() -> None:
         flip = flip_deployment(work, env, root)
         flower = flower_deployment(work, env, root, int(cfg.data.batch_size), float(cfg.model.optimizer.lr))
         simulation = flip_simulation(work, env)
-        from flip.config.recipes import resolve_recipe
-        from flip.config.validate import validate
+        from flip.experiment.recipes import resolve_recipe
+        from flip.experiment.validate import validate
 
         compute = compute_alone(validate(resolve_recipe(RECIPE[0]), RECIPE[1:]))
     print(f"per-round wall times, {SITES} sites x {ROUNDS} rounds, {SYNTHETIC['images_per_site']} images of {SYNTHETIC['image_size']} px per site:")

@@ -20,8 +20,8 @@ import sys
 import tempfile
 import time
 
-from flip.config.recipes import resolve_recipe
-from flip.config.validate import validate
+from flip.experiment.recipes import resolve_recipe
+from flip.experiment.validate import validate
 from flip.privacy.dp_sgd import DpSgd
 from flip.training import build_datamodule, build_model, build_trainer, configure_torch
 

@@ -32,7 +32,7 @@ from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.quantity import Quantity
 from fhir.resources.R4B.reference import Reference
 
-from flip.data.fhir import FhirDataModule
+from flip.data.fhir.datamodule import FhirDataModule
 
 LOINC, SNOMED = "http://loinc.org", "http://snomed.info/sct"
 TESTS = (("1988-5", "mg/L"), ("6690-2", "10*3/uL"))

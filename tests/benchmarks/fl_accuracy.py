@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from flip.data.synthetic import ensure_synthetic_dicom
+from flip.data.synthetic.dataset import ensure_synthetic_dicom
 
 SITES, SEED = 4, 42
 SEEDS = (SEED, SEED + 1, SEED + 2)

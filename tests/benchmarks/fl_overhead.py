@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 
 from side_by_side import alternate_sides
 
-from flip.data.synthetic import ensure_synthetic_dicom
+from flip.data.synthetic.dataset import ensure_synthetic_dicom
 
 SITES, ROUNDS, SEED = 4, 3, 42
 SYNTHETIC = {"num_sites": SITES, "images_per_site": 240, "image_size": 64, "seed": 0}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from side_by_side import alternate
 
-from flip.data.synthetic import ensure_synthetic_dicom
+from flip.data.synthetic.dataset import ensure_synthetic_dicom
 
 EPOCHS, IMAGE_SIZE, BATCH, SEED = 20, 64, 16, 42
 PLAIN = Path(__file__).with_name("plain_lightning_local.py")

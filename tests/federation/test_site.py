@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from flip.config.recipes import resolve_recipe
-from flip.config.validate import validate
+from flip.experiment.recipes import resolve_recipe
+from flip.experiment.validate import validate
 from flip.errors import FlipError
 from flip.federation.shipping import pack_config, unpack_config
 from flip.federation.site import evaluate_round, site_datamodule, train_round

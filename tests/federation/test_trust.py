@@ -16,8 +16,8 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from flip.config.recipes import resolve_recipe
-from flip.config.validate import validate
+from flip.experiment.recipes import resolve_recipe
+from flip.experiment.validate import validate
 from flip.federation.client_app import CONFIG_KEY, DIGEST_KEY
 from flip.federation.shipping import config_digest, pack_config
 from flip.federation.site_config import SIMULATION_SITES_ENV, SiteSettings, site_run_config
@@ -246,8 +246,8 @@ class MarkedStepLR(torch.optim.lr_scheduler.StepLR):
 
 @pytest.mark.slow
 def test_sites_that_list_a_component_use_it_and_a_sites_own_root_and_approval_hold(tmp_path):
-    from flip.data.dicom import DicomDataModule
-    from flip.data.synthetic import write_synthetic_dicom
+    from flip.data.dicom.datamodule import DicomDataModule
+    from flip.data.synthetic.dataset import write_synthetic_dicom
 
     extras, marks = tmp_path / "extras", tmp_path / "marks"
     extras.mkdir()
@@ -269,7 +269,7 @@ def test_sites_that_list_a_component_use_it_and_a_sites_own_root_and_approval_ho
     (summary_path,) = (tmp_path / "runs").rglob("summary.json")
     summary = json.loads(summary_path.read_text())
     reports = {site["site"]: site for site in summary["sites"]}
-    own = DicomDataModule(root=own_root, site="site-1", image_size=32)
+    own = DicomDataModule(min_samples=1, root=own_root, site="site-1", image_size=32)
     own.setup()
     assert reports["site-1"]["fingerprint"] == own.fingerprint and reports["site-1"]["found"] == own.num_items_found
     assert summary["failures"] == []

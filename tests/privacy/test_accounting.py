@@ -20,9 +20,9 @@ from flwr.serverapp.strategy import FedAvg
 from opacus.accountants import RDPAccountant
 from scipy.optimize import minimize_scalar
 
-from flip.config.recipes import resolve_recipe
-from flip.config.schema_privacy import SitePolicy
-from flip.config.validate import validate
+from flip.experiment.recipes import resolve_recipe
+from flip.privacy.schema import SitePolicy
+from flip.experiment.validate import validate
 from flip.federation.keeper import RoundKeeper
 from flip.privacy.accounting import PrivacyBudgetSpent, PrivacyLedger
 from flip.privacy.central import PoissonSampled, poisson_draws

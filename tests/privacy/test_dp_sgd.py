@@ -14,8 +14,8 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from flip.config.recipes import resolve_recipe
-from flip.config.validate import validate
+from flip.experiment.recipes import resolve_recipe
+from flip.experiment.validate import validate
 from flip.errors import FlipError
 from flip.models.base import Classifier
 from flip.models.image import ImageClassifier

@@ -10,9 +10,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, M
 from flwr.client.mod.utils import make_ffn
 from flwr.serverapp.strategy import FedAvg
 
-from flip.config.recipes import resolve_recipe
-from flip.config.schema_privacy import SitePolicy
-from flip.config.validate import config_problems, validate
+from flip.experiment.recipes import resolve_recipe
+from flip.privacy.schema import SitePolicy
+from flip.experiment.validate import config_problems, validate
 from flip.errors import ConfigError
 from flip.privacy.accounting import PrivacyBudgetSpent, PrivacyLedger, local_dp_noise_multiplier, projected_run_epsilon
 from flip.privacy.percentile import filter_update

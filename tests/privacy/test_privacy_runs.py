@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from flip.config.recipes import resolve_recipe
-from flip.config.validate import validate
+from flip.experiment.recipes import resolve_recipe
+from flip.experiment.validate import validate
 from flip.privacy.accounting import projected_run_epsilon
 from flip.privacy.central import poisson_draws
 from flip.privacy.plan import PrivacyPlan

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
-from flip.config.recipes import resolve_recipe
-from flip.config.validate import validate
+from flip.experiment.recipes import resolve_recipe
+from flip.experiment.validate import validate
 from flip.federation.client_app import CONFIG_KEY, DIGEST_KEY, OPTIMIZER_STATE_KEY, app
 from flip.federation.shipping import pack_config
 from flip.federation.strategy import WITHHELD

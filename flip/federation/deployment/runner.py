@@ -43,7 +43,7 @@ def _hydra_job() -> tuple[str, list[str]]:
 
 def _recipe_sha256(cfg: DictConfig) -> str:
     from flip.audit.manifest import file_sha256
-    from flip.config.recipes import resolve_recipe
+    from flip.experiment.recipes import resolve_recipe
 
     name, _ = _hydra_job()
     try:

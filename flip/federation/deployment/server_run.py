@@ -23,9 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from flip.audit.record import RunRecord, record_run
 from flip.config.allowlist import AllowList, target_problems
-from flip.config.rules import rule_problems
-from flip.config.validate import schema_problems, strip_markers
-from flip.config.schema_privacy import SitePolicy
+from flip.config.checks import strip_markers
+from flip.experiment.rules import rule_problems
+from flip.experiment.validate import schema_problems
+from flip.privacy.schema import SitePolicy
 from flip.errors import ConfigError, FlipError
 from flip.federation.deployment.polling import PollingGrid
 from flip.federation.deployment.server_home import ServerHome

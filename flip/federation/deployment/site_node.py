@@ -199,16 +199,16 @@ def _policy(site: SiteSettings) -> str:
     """The policy's rules that differ from accepting anything, e.g. `require_dp: True, min_cohort: 20`."""
     from dataclasses import asdict, fields
 
-    from flip.config.schema_privacy import SitePolicy
+    from flip.privacy.schema import SitePolicy
 
     defaults = {f.name: f.default for f in fields(SitePolicy)}
     set_rules = {key: value for key, value in asdict(site.policy).items() if value != defaults.get(key)}
     return ", ".join(f"{key}: {value}" for key, value in set_rules.items()) or "none (accepts any privacy setting)"
 
 
-def check_site(plan: SitePlan, recipe: Path | None, overrides: list[str]) -> list[str]:
+def check_site(plan: SitePlan, recipe: Path | None, overrides: list[str]) -> tuple[list[str], Any]:
     """What the site would serve, as lines: its settings, its node, and (given a recipe) whether
-    it accepts that run and what its data looks like to flip. Nothing connects."""
+    it accepts that run; with the run it accepted (None otherwise). Nothing connects."""
     site = plan.site
     lines = [
         f"site {site.name} (settings: {plan.file})",
@@ -220,24 +220,15 @@ def check_site(plan: SitePlan, recipe: Path | None, overrides: list[str]) -> lis
         f"  allow-list additions: {', '.join(site.allowed_targets) or 'none'}; cpus: {site.cpus or 'torch default'}",
     ]
     if recipe is None:
-        return lines + ["  (give a recipe and its overrides to check a run against this site and inspect the data it would read)"]
-    from flip.config.validate import validate
-    from flip.data.inspect import inventory_of
+        return lines + ["  (give a recipe and its overrides to check a run against this site and inspect the data it would read)"], None
+    from flip.experiment.validate import validate
     from flip.federation.shipping import pack_config
     from flip.federation.trust import SiteRefusal, accept_run
-    from flip.training import build_datamodule
 
     cfg = validate(recipe, overrides)
     text, digest = pack_config(cfg)
     try:
         run = accept_run(text, digest, site)
     except SiteRefusal as refusal:
-        return lines + [f"  run {recipe.stem} (config sha256 {digest}): REFUSED", *(f"    - {p}" for p in refusal.problems)]
-    lines.append(f"  run {recipe.stem} (config sha256 {digest}): accepted")
-    datamodule = build_datamodule(run.cfg, min_samples=0)
-    datamodule.setup("fit")
-    inventory = inventory_of(datamodule)
-    labels = ", ".join(f"{label}: {n}" for label, n in inventory.labels.items())
-    lines.append(f"  data as flip reads it: {inventory.found} found, {inventory.usable} usable ({labels}), {len(inventory.skipped)} skipped")
-    lines += [f"    skipped {item['path']}: {item['reason']}" for item in inventory.skipped[:20]]
-    return lines
+        return lines + [f"  run {recipe.stem} (config sha256 {digest}): REFUSED", *(f"    - {p}" for p in refusal.problems)], None
+    return lines + [f"  run {recipe.stem} (config sha256 {digest}): accepted"], run
