@@ -198,6 +198,7 @@ def run_dirs(folder: Path) -> list[Path]:
 
 
 def stopped(process: Flip) -> None:
+    """Kill what is left of `process` (a test that failed half-way) and reap it."""
     if process.process.poll() is None:
         os.killpg(process.pid, signal.SIGKILL)
-        process.finish(30)
+    process.finish(30)

@@ -109,12 +109,23 @@ def simulated(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return json.loads((run / "summary.json").read_text())
 
 
+@pytest.fixture
+def cleanup():
+    """Processes a test starts: whatever is still running when it ends (a failed test) is killed,
+    so it cannot outlive the test."""
+    started: list[Flip] = []
+    yield started.append
+    for process in started:
+        stopped(process)
+
+
 def _server_run_dir(local: Path) -> Path:
     return Path(json.loads((local / "manifest.json").read_text())["server_run_dir"])
 
 
-def test_a_tls_federation_of_two_authenticated_sites_matches_the_simulation(federation, simulated):
+def test_a_tls_federation_of_two_authenticated_sites_matches_the_simulation(federation, simulated, cleanup):
     runner = federation.run(name="runner-match")
+    cleanup(runner)
     assert runner.finish(300) == 0, runner.output()[-3000:]
     (local,) = run_dirs(federation.folder / "runner-match")
     summary = json.loads((local / "summary.json").read_text())
@@ -141,22 +152,24 @@ def test_a_tls_federation_of_two_authenticated_sites_matches_the_simulation(fede
     assert_all_gone(runner.seen | {runner.pid})
 
 
-def test_an_unenrolled_site_is_refused_in_one_line(federation):
+def test_an_unenrolled_site_is_refused_in_one_line(federation, cleanup):
     rogue = site_file(federation.folder, "rogue", federation.port, federation.certs, free_port())
     site = Flip(["site", "--config", str(rogue)], federation.folder, federation.tag, "rogue")
+    cleanup(site)
     assert site.finish(120) == 1
     last = site.output().strip().splitlines()[-1]
     assert last.startswith("flip: the SuperLink at 127.0.0.1:") and "refused site rogue's key: it is not enrolled there" in last
     assert_all_gone(site.seen | {site.pid})
 
 
-def test_a_site_whose_approvals_do_not_list_the_run_refuses_it(federation):
+def test_a_site_whose_approvals_do_not_list_the_run_refuses_it(federation, cleanup):
     file = federation.site_files["site-2"]
     original = file.read_text()
     settings = json.loads(original)
     file.write_text(json.dumps({**settings, "approve": ["0" * 64]}))
     try:
         runner = federation.run(rounds=1, name="runner-refused")
+        cleanup(runner)
         assert runner.finish(300) == 1
     finally:
         file.write_text(original)
@@ -167,8 +180,9 @@ def test_a_site_whose_approvals_do_not_list_the_run_refuses_it(federation):
     assert_all_gone(runner.seen | {runner.pid})
 
 
-def test_a_site_killed_in_round_2_is_recorded_and_rejoins(federation):
+def test_a_site_killed_in_round_2_is_recorded_and_rejoins(federation, cleanup):
     runner = federation.run(name="runner-fault")
+    cleanup(runner)
     site = federation.sites["site-2"]
     worker_log = federation.folder / "site-2-home" / "logs" / "worker.log"
     mark = len(worker_log.read_text())
@@ -188,8 +202,9 @@ def test_a_site_killed_in_round_2_is_recorded_and_rejoins(federation):
     assert_all_gone(runner.seen | {runner.pid})
 
 
-def test_the_runner_stopped_after_round_1_resumes_to_the_same_model(federation, simulated):
+def test_the_runner_stopped_after_round_1_resumes_to_the_same_model(federation, simulated, cleanup):
     runner = federation.run(name="runner-stopped")
+    cleanup(runner)
     receipt = wait_until(lambda: next((federation.folder / "runner-stopped").rglob("deployment.json"), None), 120, "the run to start")
     wait_until(lambda: _server_round(receipt) >= 1, 240, "round 1 on the server")
     assert runner.stop(signal.SIGINT) == 130, runner.output()[-3000:]
@@ -197,6 +212,7 @@ def test_the_runner_stopped_after_round_1_resumes_to_the_same_model(federation, 
     local = receipt.parent
     assert json.loads((local / "manifest.json").read_text())["status"] == "interrupted"
     resumed = Flip(["run", "--resume", str(local)], federation.folder, federation.tag, "runner-resumed")
+    cleanup(resumed)
     assert resumed.finish(300) == 0, resumed.output()[-3000:]
     summary = json.loads((local / "summary.json").read_text())
     assert summary["rounds"] == ROUNDS and summary["model_sha256"] == simulated["model_sha256"]
@@ -213,15 +229,17 @@ def _server_round(receipt: Path) -> int:
     return json.loads(resume.read_text())["round"] if resume.is_file() else 0
 
 
-def test_a_simulation_stopped_after_round_1_resumes_to_the_same_model(simulated, tmp_path):
+def test_a_simulation_stopped_after_round_1_resumes_to_the_same_model(simulated, tmp_path, cleanup):
     tag = new_tag()
     runner = Flip(["run", RECIPE, *simulation_overrides(ROUNDS)], tmp_path, tag, "simulation")
+    cleanup(runner)
     resume = wait_until(lambda: next((tmp_path / "runs").rglob("resume.json"), None), 300, "round 1 of the simulation")
     assert runner.stop(signal.SIGINT) == 130, runner.output()[-3000:]
     run_dir = resume.parent.parent
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "interrupted"
     stopped_at = json.loads(resume.read_text())["round"]
     resumed = Flip(["run", "--resume", str(run_dir)], tmp_path, tag, "simulation-resumed")
+    cleanup(resumed)
     assert resumed.finish(300) == 0, resumed.output()[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == ROUNDS and summary["model_sha256"] == simulated["model_sha256"]

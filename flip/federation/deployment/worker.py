@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import threading
 import time
 from typing import Any
@@ -144,6 +145,8 @@ def run_task(address: str, token: str, compute: threading.Lock) -> None:
                 if reply is not None:
                     push_message(client, reply, context)
     except Exception as error:  # noqa: BLE001  (every failure goes back to the server as the reply)
+        if sys.is_finalizing():  # the worker is stopping: a message still arriving is dropped
+            return
         details = _reason(error)
         log.error("%s", details, exc_info=not isinstance(error, FlipError))
         if message is not None and reply is None:
