@@ -10,6 +10,7 @@ survive a restart.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import time
@@ -157,8 +158,8 @@ class FlipServer:
             }
         )
         env = flower_environment(home.flower, {SERVER_HOME_ENV: str(home.root)})
-        self.superlink = Daemon("superlink", superlink_argv(plan, _pid()), home.logs / "superlink.log", env)
-        self.executor = Daemon("executor", executor_argv(plan, _pid()), home.logs / "executor.log", env)
+        self.superlink = Daemon("superlink", superlink_argv(plan, os.getpid()), home.logs / "superlink.log", env)
+        self.executor = Daemon("executor", executor_argv(plan, os.getpid()), home.logs / "executor.log", env)
 
     def start(self) -> None:
         become_subreaper()
@@ -183,12 +184,6 @@ class FlipServer:
 
     def stop(self) -> None:
         stop_all([self.executor, self.superlink])
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()
 
 
 def _tail(text: str, lines: int = 3) -> str:
