@@ -147,8 +147,13 @@ def test_a_tls_federation_of_two_authenticated_sites_matches_the_simulation(fede
     assert manifest["status"] == "completed" and manifest["site_versions"] == {"site-1": "0.1.0", "site-2": "0.1.0"}
     assert not any("--token" in part for part in manifest["command"])
     # `flip runs` lists it as completed.
-    listed = _cli(federation.folder, federation.tag, "runs", "--superlink", f"127.0.0.1:{federation.port}", "--ca", str(federation.certs / "ca.pem"))
+    connection = ["--superlink", f"127.0.0.1:{federation.port}", "--ca", str(federation.certs / "ca.pem")]
+    listed = _cli(federation.folder, federation.tag, "runs", *connection)
     assert listed.returncode == 0 and "finished: completed" in listed.stdout, listed.stderr
+    run_id = str(json.loads((local / "manifest.json").read_text())["flower_run_id"])
+    assert run_id in listed.stdout
+    stop = _cli(federation.folder, federation.tag, "stop", run_id, *connection)
+    assert stop.returncode == 1 and f"flip: run {run_id} already finished (completed)" in stop.stderr
     assert_all_gone(runner.seen | {runner.pid})
 
 
