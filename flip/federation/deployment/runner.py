@@ -152,7 +152,7 @@ def run_deployment_mode(cfg: DictConfig, run_dir: Path, resume: bool = False) ->
         info = control.run(run_id)
     if info.sub_status != "completed" or follower.result is None:
         tail = "\n".join(f"    {line}" for line in follower.tail) or "    (no log lines)"
-        why = info.details or ("the ServerApp ended without a result" if info.sub_status == "completed" else "")
+        why = info.details or {"completed": "the ServerApp ended without a result", "stopped": "someone stopped it (`flip stop`)"}.get(info.sub_status, "no reason given")
         hint = ""
         if follower.server_run_dir and (Path(follower.server_run_dir) / "checkpoints" / "resume.json").exists():
             hint = f"\n  it completed rounds before it stopped: `flip run --resume {run_dir}` continues it"
