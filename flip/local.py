@@ -6,8 +6,10 @@ import logging
 from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from flip.privacy.guarantee import statement
+from flip.privacy.plan import PrivacyPlan
 from flip.results import MetricsTable, model_sha256
 from flip.training import MetricsRecorder, build_datamodule, build_model, build_trainer
 from flip.run_types import ModeResult, SiteReport
@@ -31,9 +33,9 @@ def run_local(cfg: DictConfig, run_dir: Path) -> ModeResult:
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    dp_sgd = _dp_sgd(cfg)
-    callbacks = [best] if dp_sgd is None else [best, dp_sgd]
-    trainer = build_trainer(cfg, callbacks=callbacks, logger=MetricsRecorder(table, site))
+    plan = PrivacyPlan.from_config(cfg)
+    private = plan.site_training(epsilon_cap=plan.max_epsilon)
+    trainer = build_trainer(cfg, callbacks=[best, *private.callbacks], logger=MetricsRecorder(table, site))
     log.info("training on %s: %d train / %d val / %d test images", site, *datamodule.split_sizes)
     trainer.fit(model, datamodule=datamodule)
     rounds = trainer.current_epoch
@@ -46,7 +48,7 @@ def run_local(cfg: DictConfig, run_dir: Path) -> ModeResult:
         table.add(rounds, site, split, metric, value)
     best_round = _best_round(best, table)
     best_test = trainer.test(model, datamodule=datamodule, ckpt_path=best.best_model_path, verbose=False)[0]
-    privacy = local_privacy(cfg, dp_sgd)
+    privacy = local_privacy(plan, private.spent())
     if privacy["epsilon"] is not None:
         table.add(rounds, site, "privacy", "epsilon", privacy["epsilon"])
         table.add(rounds, site, "privacy", "delta", privacy["delta"])
@@ -62,29 +64,16 @@ def run_local(cfg: DictConfig, run_dir: Path) -> ModeResult:
     )
 
 
-def _dp_sgd(cfg: DictConfig):
-    if cfg.privacy.mechanism != "dp_sgd":
-        return None
-    from flip.privacy.dp_sgd import DpSgd
-
-    return DpSgd(OmegaConf.to_container(cfg.privacy, resolve=True))
-
-
-def local_privacy(cfg: DictConfig, dp_sgd) -> dict:
+def local_privacy(plan: PrivacyPlan, spent: dict[str, float]) -> dict:
     """The privacy summary of a local run: DP-SGD's spent budget, or no DP."""
-    from flip.privacy.guarantee import guarantee, statement
-    from flip.privacy.plan import PrivacyPlan
-
-    spent = dp_sgd.spent() if dp_sgd is not None else {}
-    plan = PrivacyPlan(OmegaConf.to_container(cfg.privacy, resolve=True), 1, 1, int(cfg.seed))
     return {
-        "mechanism": cfg.privacy.mechanism,
+        "mechanism": plan.mechanism.name,
         "secure_aggregation": False,
-        "is_dp": dp_sgd is not None,
+        "is_dp": plan.is_dp,
         "epsilon": spent.get("epsilon"),
         "delta": spent.get("delta"),
-        "max_epsilon": cfg.privacy.get("max_epsilon"),
-        **statement(guarantee(plan)),
+        "max_epsilon": plan.max_epsilon,
+        **statement(plan.mechanism.guarantee()),
         "releases": None,
     }
 

@@ -1,7 +1,7 @@
 """Every option's schema and every component's rules, gathered from where each is declared.
 
 Each component declares its schema and rules beside its code (`flip/data/<source>/schema.py`,
-`flip/models/schema.py`, `flip/privacy/schema.py`, `flip/config/strategies.py`); option files
+`flip/models/schema.py`, `flip/privacy/mechanisms/`, `flip/config/strategies.py`); option files
 name theirs (`defaults: [/schema/<group>/<name>@_here_]`), and this module is the one place that
 knows them all. Hydra's ConfigStore holds a marker per schema (its name), never the dataclass:
 Hydra composes, flip checks every key against the schemas here and reports every problem at

@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from flip.federation.site_config import SiteSettings
+from flip.privacy.plan import PrivacyPlan
 from flip.results import config_sha256
 from flip.run_types import SiteReport
 from flip.training import build_datamodule, build_model, build_trainer, quiet_lightning
@@ -158,16 +159,6 @@ def initial_model(cfg: DictConfig) -> tuple[StateDict, dict[str, Any]]:
     return model.state_dict(), dict(model.hparams)
 
 
-def _dp_sgd(cfg: DictConfig, server_round: int, epsilon_cap: float | None) -> Callback | None:
-    """Opacus DP-SGD for this round, when the run asks for it; accounts the rounds before it."""
-    if cfg.privacy.mechanism != "dp_sgd":
-        return None
-    from flip.privacy.dp_sgd import DpSgd
-
-    settings = {**OmegaConf.to_container(cfg.privacy, resolve=True), "max_epsilon": epsilon_cap}
-    return DpSgd(settings, rounds_before=server_round - 1, rounds_total=cfg.federation.num_rounds)
-
-
 def train_round(
     cfg: DictConfig,
     site: SiteSettings,
@@ -192,9 +183,9 @@ def train_round(
     callbacks: list[Callback] = [*([kept] if kept else []), schedule]
     if proximal_mu > 0:
         callbacks.append(ProximalTerm(global_state, proximal_mu))
-    dp_sgd = _dp_sgd(cfg, server_round, epsilon_cap)
-    if dp_sgd is not None:
-        callbacks.append(dp_sgd)
+    plan = PrivacyPlan.from_config(cfg)
+    private = plan.site_training(rounds_before=server_round - 1, rounds_total=federation.num_rounds, epsilon_cap=epsilon_cap)
+    callbacks += private.callbacks
     trainer = build_trainer(
         cfg,
         callbacks,
@@ -210,8 +201,7 @@ def train_round(
     metrics = {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("train/")}
     if schedule.lr is not None:
         metrics["train/lr"] = schedule.lr
-    if dp_sgd is not None:
-        metrics.update({f"privacy/{key}": float(value) for key, value in dp_sgd.spent().items() if value is not None})
+    metrics.update({f"privacy/{key}": float(value) for key, value in private.spent().items() if value is not None})
     report = SiteReport.from_datamodule(datamodule, site.name)
     return SiteReply(model.state_dict(), metrics, datamodule.split_sizes[0], report, kept.saved() if kept else None)
 

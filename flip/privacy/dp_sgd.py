@@ -31,8 +31,8 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader
 
-from flip.privacy.schema import DpSgdConfig
 from flip.errors import FlipError
+from flip.privacy.mechanisms.dp_sgd import DpSgdConfig
 
 log = logging.getLogger(__name__)
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(DpSgdConfig) if f.default is not dataclasses.MISSING}

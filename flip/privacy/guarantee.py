@@ -1,21 +1,8 @@
-"""What each mechanism guarantees: the neighbouring relation, the sensitivity that follows from the
-clipping and the aggregation, the sampling, and so the noise multiplier (noise std / sensitivity)
-that the accountant composes. This is the README's privacy table, in code.
+"""What a mechanism states: its guarantee, and the releases the server's ledger composes.
 
-Central DP (C = clipping norm, sigma = privacy.noise_multiplier, N sites, k replies):
-- replace_one: a fixed number of sites sampled without replacement; the released mean of the k
-  replies moves by at most 2C/k when one site's data is replaced; flip adds noise sigma*C/k to
-  it, so the multiplier is sigma/2.
-- add_remove: each site sampled with probability q (Poisson); the sum of the clipped updates is
-  divided by the expected count q*N (fixed), so adding or removing a site moves it by at most
-  C/(q*N); noise sigma*C/(q*N): the multiplier is sigma.
-- adaptive clipping also releases the noisy count of clipped updates (std clipped_count_stddev):
-  one site moves it by 1 (replace_one) or 1/2 (add_remove, centred bits); the update's own noise
-  multiplier is Flower's (sigma^-2 - (2 clipped_count_stddev)^-2)^-1/2. Both use the same sample, so
-  they are one Gaussian release with multiplier (z_update^-2 + z_count^-2)^-1/2.
-local_dp: each site's release, the update clipped to C plus LocalDpMod's noise; the site's data
-replaced moves it by at most 2C; no amplification.
-dp_sgd: one sample added or removed at a site, Poisson-sampled batches (Opacus, per site).
+Each mechanism (`flip.privacy.mechanisms`) states its neighbouring relation, the sensitivity that
+follows from its clipping and aggregation, its sampling, and so the noise over sensitivity that
+the accountant composes: the README's privacy table, one row per class.
 """
 
 from __future__ import annotations
@@ -24,10 +11,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
-from flwr.supercore.differential_privacy import compute_adaptive_noise_params
-
 if TYPE_CHECKING:
-    from flip.privacy.plan import PrivacyPlan
+    from dp_accounting import dp_event
 
 FIXED_SIZE, POISSON, NO_AMPLIFICATION = "fixed_size", "poisson", "none"
 
@@ -51,54 +36,27 @@ def statement(stated: Guarantee | None) -> dict[str, Any]:
     return asdict(stated)
 
 
-def guarantee(plan: PrivacyPlan) -> Guarantee | None:
-    """The guarantee of the plan's mechanism; None when it is not differential privacy."""
-    s, mechanism = plan.settings, plan.mechanism
-    if mechanism == "local_dp":
-        return Guarantee(
-            "replace_one", "site", NO_AMPLIFICATION, "2C: one site's update, clipped to C = clipping_norm",
-            local_dp_noise_std(s) / (2 * s["clipping_norm"]),
-        )
-    if mechanism == "dp_sgd":
-        return Guarantee(
-            "add_remove", "sample", POISSON, "C: one sample's gradient, clipped to C = clipping_norm (Opacus)",
-            s.get("noise_multiplier"),
-        )
-    if not plan.is_dp:
-        return None
-    clip = "C = clipping_norm" if "fixed" in mechanism else "C = this round's clipping norm"
-    if plan.neighbours == "add_remove":
-        sensitivity = f"C/(qN): the sum of the clipped updates over the expected count q*N ({clip})"
-        return Guarantee("add_remove", "site", POISSON, sensitivity, central_noise_multiplier(plan), plan.sampling_rate)
-    sensitivity = f"2C/k: the mean of the k replies, each clipped to {clip}"
-    return Guarantee("replace_one", "site", FIXED_SIZE, sensitivity, central_noise_multiplier(plan))
+@dataclass(frozen=True)
+class Release:
+    """One accounted Gaussian release: all an auditor needs to compose it again."""
 
+    noise_to_sensitivity: float
+    sampling: str  # fixed_size | poisson | none
+    population: int | None = None  # sites to sample from
+    sample_size: int | None = None  # fixed_size: sites sampled without replacement from `population`
+    sampling_rate: float | None = None  # poisson
 
-def central_noise_multiplier(plan: PrivacyPlan) -> float:
-    """The noise multiplier of one central-DP round, relative to the relation's sensitivity."""
-    sigma = plan.noise_multiplier
-    # The update's noise std over its sensitivity: sigma*C/k over 2C/k, or sigma*C/(qN) over C/(qN).
-    share = 0.5 if plan.neighbours == "replace_one" else 1.0
-    if "adaptive" not in plan.mechanism:
-        return share * sigma
-    count_stddev, update_noise = adaptive_noise(plan)
-    # One site moves the clipped count by 1, or by 1/2 once add_remove centres the bits.
-    count_sensitivity = 1.0 if plan.neighbours == "replace_one" else 0.5
-    return combined(share * update_noise, count_stddev / count_sensitivity)
+    def event(self) -> dp_event.DpEvent:
+        from dp_accounting import dp_event
 
-
-def adaptive_noise(plan: PrivacyPlan) -> tuple[float, float]:
-    """(clipped_count_stddev, the update's noise multiplier) as Flower's adaptive wrappers set them."""
-    return compute_adaptive_noise_params(
-        plan.noise_multiplier, plan.expected_sites, plan.settings.get("clipped_count_stddev")
-    )
+        gaussian = dp_event.GaussianDpEvent(self.noise_to_sensitivity)
+        if self.sampling == POISSON:
+            return dp_event.PoissonSampledDpEvent(self.sampling_rate, gaussian)
+        if self.sampling == FIXED_SIZE:
+            return dp_event.SampledWithoutReplacementDpEvent(self.population, self.sample_size, gaussian)
+        return gaussian
 
 
 def combined(*multipliers: float) -> float:
     """Gaussian releases of the same sample, as one: (sum of z^-2)^-1/2."""
     return 1.0 / math.sqrt(sum(z**-2 for z in multipliers))
-
-
-def local_dp_noise_std(settings: dict) -> float:
-    """LocalDpMod's noise std: the classic Gaussian calibration of its (sensitivity, epsilon, delta)."""
-    return settings["sensitivity"] * math.sqrt(2 * math.log(1.25 / settings["delta"])) / settings["epsilon"]

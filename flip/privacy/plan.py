@@ -1,38 +1,26 @@
 """One privacy option, turned into both halves of its mechanism.
 
-The server and every site build the same `PrivacyPlan` from the same config, so the server's
-strategy wrapper and the sites' client mods and training hooks cannot drift apart.
+The server and every site build the same `PrivacyPlan` from the same config: it picks the
+mechanism's class by `privacy.mechanism` (`flip.privacy.mechanisms`) and adds SecAgg+ when
+`privacy.secagg` asks for it, so the server's strategy wrapper and the sites' client mods and
+training hooks cannot drift apart.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable
 
-from flwr.clientapp.mod import LocalDpMod, adaptiveclipping_mod, fixedclipping_mod
-from flwr.serverapp.strategy import (
-    DifferentialPrivacyClientSideAdaptiveClipping,
-    DifferentialPrivacyClientSideFixedClipping,
-    DifferentialPrivacyServerSideAdaptiveClipping,
-    DifferentialPrivacyServerSideFixedClipping,
-    Strategy,
-)
 from omegaconf import DictConfig, OmegaConf
 
 from flip.config.strategies import sites_per_round
-from flip.privacy.central import CalibratedNoise, PoissonSampled
-from flip.privacy.percentile import PercentileFilterMod
+from flip.privacy.mechanisms import MECHANISMS
+from flip.privacy.mechanisms.base import Mechanism, SiteTraining
+from flip.privacy.mechanisms.central_dp import UNIFORM_WEIGHT
+from flip.privacy.mechanisms.secagg import SecAggPlus
 
-CENTRAL_DP = {
-    "dp_server_fixed": DifferentialPrivacyServerSideFixedClipping,
-    "dp_client_fixed": DifferentialPrivacyClientSideFixedClipping,
-    "dp_server_adaptive": DifferentialPrivacyServerSideAdaptiveClipping,
-    "dp_client_adaptive": DifferentialPrivacyClientSideAdaptiveClipping,
-}
-DP_MECHANISMS = (*CENTRAL_DP, "local_dp", "dp_sgd")
-# Metric key sites fill with 1.0 under central DP: every site then weighs the same in the mean,
-# which is what the noise (noise_multiplier * clipping_norm / replies) is calibrated for.
-UNIFORM_WEIGHT = "dp-weight"
+__all__ = ["PrivacyPlan", "UNIFORM_WEIGHT"]
 
 
 @dataclass(frozen=True)
@@ -46,14 +34,21 @@ class PrivacyPlan:
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "PrivacyPlan":
+        """The plan of a run; a local run is one site."""
         settings = OmegaConf.to_container(cfg.privacy, resolve=True)
+        if cfg.federation.mode == "local":
+            return cls(settings, 1, 1, int(cfg.seed))
         strategy = OmegaConf.to_container(cfg.strategy, resolve=True)
         num_sites = int(cfg.federation.num_sites)
         return cls(settings, num_sites, sites_per_round(strategy, num_sites), int(cfg.seed))
 
-    @property
-    def mechanism(self) -> str:
-        return self.settings["mechanism"]
+    @cached_property
+    def mechanism(self) -> Mechanism:
+        return MECHANISMS[self.settings["mechanism"]](self)
+
+    @cached_property
+    def secure_aggregation(self) -> SecAggPlus | None:
+        return SecAggPlus(self.secagg, self.seed) if self.secagg is not None else None
 
     @property
     def secagg(self) -> dict[str, Any] | None:
@@ -61,33 +56,15 @@ class PrivacyPlan:
 
     @property
     def is_dp(self) -> bool:
-        return self.mechanism in DP_MECHANISMS
+        return self.mechanism.is_dp
 
     @property
     def uniform_weights(self) -> bool:
-        return self.mechanism in CENTRAL_DP
+        return self.mechanism.uniform_weights
 
     @property
-    def noise_multiplier(self) -> float | None:
-        return self.settings.get("noise_multiplier")
-
-    @property
-    def neighbours(self) -> str | None:
-        """The neighbouring relation: central DP's setting; local_dp: replace_one; dp_sgd: add_remove."""
-        if self.mechanism in CENTRAL_DP:
-            return self.settings.get("neighbours", "replace_one")
-        return {"local_dp": "replace_one", "dp_sgd": "add_remove"}.get(self.mechanism)
-
-    @property
-    def sampling_rate(self) -> float | None:
-        """Central DP with add_remove: the probability with which each site trains a round."""
-        return self.settings.get("sampling_rate") if self.neighbours == "add_remove" and self.mechanism in CENTRAL_DP else None
-
-    @property
-    def expected_sites(self) -> float:
-        """Sites a round trains: a fixed number, or on average q*N under Poisson sampling."""
-        rate = self.sampling_rate
-        return rate * self.num_sites if rate is not None else self.sites_per_round
+    def max_epsilon(self) -> float | None:
+        return self.settings.get("max_epsilon")
 
     @property
     def delta(self) -> float:
@@ -97,64 +74,37 @@ class PrivacyPlan:
         return min(1e-5, 1.0 / self.num_sites**1.1)
 
     def describe(self) -> str:
-        parts = [self.mechanism if self.mechanism != "none" else "no DP"]
+        parts = [self.mechanism.name if self.mechanism.name != "none" else "no DP"]
         if self.secagg is not None:
             parts.append("SecAgg+")
         return " + ".join(parts)
 
     # -- server half
 
-    def wrap_strategy(self, strategy: Strategy) -> Strategy:
-        """The strategy with the server half of the mechanism around it (see `flip.privacy.central`)."""
-        wrapper = CENTRAL_DP.get(self.mechanism)
-        if wrapper is None:
-            return strategy
-        if self.sampling_rate is not None:
-            observer = getattr(getattr(strategy, "flip", None), "observer", None)
-            strategy = PoissonSampled(strategy, self.sampling_rate, self.num_sites, self.seed, observer)
-        calibrated = type(f"Flip{wrapper.__name__}", (CalibratedNoise, wrapper), {})
-        s = self.settings
-        if "fixed" in self.mechanism:
-            wrapped = calibrated(strategy, s["noise_multiplier"], s["clipping_norm"], self.expected_sites)
-        else:
-            wrapped = calibrated(
-                strategy,
-                s["noise_multiplier"],
-                self.expected_sites,
-                initial_clipping_norm=s["initial_clipping_norm"],
-                target_clipped_quantile=s["target_clipped_quantile"],
-                clip_norm_lr=s["clip_norm_lr"],
-                clipped_count_stddev=s["clipped_count_stddev"],
-            )
-        wrapped.flip_seed = self.seed
-        wrapped.flip_denominator = self.sampling_rate * self.num_sites if self.sampling_rate is not None else None
-        return wrapped
+    def wrap_strategy(self, strategy: Any) -> Any:
+        """The strategy with the server half of the mechanism around it."""
+        return self.mechanism.wrap_strategy(strategy)
 
     def wrap_grid(self, grid: Any, timeout: float | None) -> Any:
         """The grid the strategy talks through: SecAgg+ masks every training exchange."""
-        if self.secagg is None:
+        if self.secure_aggregation is None:
             return grid
-        from flip.privacy.secagg import SecAggPlusGrid
-
-        return SecAggPlusGrid(grid, self.secagg, seed=str(self.seed), timeout=timeout)
+        return self.secure_aggregation.wrap_grid(grid, timeout)
 
     # -- site half
 
     def train_mods(self) -> list[Callable]:
         """Flower client mods around a site's training, outermost first."""
-        s = self.settings
-        if self.mechanism in ("dp_client_fixed",):
-            return [fixedclipping_mod]
-        if self.mechanism in ("dp_client_adaptive",):
-            return [adaptiveclipping_mod]
-        if self.mechanism == "local_dp":
-            return [LocalDpMod(s["clipping_norm"], s["sensitivity"], s["epsilon"], s["delta"])]
-        if self.mechanism == "percentile":
-            return [PercentileFilterMod(s["percentile"], s["gamma"])]
-        return []
+        return self.mechanism.site_mods()
+
+    def site_training(self, rounds_before: int = 0, rounds_total: int = 1, epsilon_cap: float | None = None) -> SiteTraining:
+        """What the mechanism adds to a site's training (DP-SGD's callback): the one place a local
+        run and a federated site get it from."""
+        return self.mechanism.site_training(rounds_before, rounds_total, epsilon_cap)
 
     def reply_weights(self) -> dict[str, float]:
         """Extra weight keys a site adds to its training metrics."""
-        if not self.uniform_weights:
-            return {}
-        return {UNIFORM_WEIGHT: 1.0, **({"secagg-weight": 1.0} if self.secagg is not None else {})}
+        weights = self.mechanism.reply_weights()
+        if self.secure_aggregation is not None:
+            weights.update(self.secure_aggregation.reply_weights(self.uniform_weights))
+        return weights

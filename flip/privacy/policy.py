@@ -7,13 +7,13 @@ every round (`flip.federation.trust`), and names each rule the run breaks.
 
 from __future__ import annotations
 
-from flip.privacy.schema import CENTRAL_DP, SitePolicy
 from flip.privacy.plan import PrivacyPlan
+from flip.privacy.schema import SitePolicy
 
 
 def policy_refusals(policy: SitePolicy, plan: PrivacyPlan, num_rounds: int) -> list[str]:
     """Every policy rule the run would break, each naming the rule."""
-    mechanism, refusals = plan.mechanism, []
+    mechanism, refusals = plan.mechanism.name, []
     if policy.require_dp and not plan.is_dp:
         refusals.append(f"policy.require_dp: this site requires differential privacy, the run uses {plan.describe()}")
     if policy.require_secure_aggregation and plan.secagg is None:
@@ -21,7 +21,7 @@ def policy_refusals(policy: SitePolicy, plan: PrivacyPlan, num_rounds: int) -> l
     if policy.allowed_mechanisms is not None and mechanism not in policy.allowed_mechanisms:
         refusals.append(f"policy.allowed_mechanisms: {mechanism} is not one of {', '.join(policy.allowed_mechanisms)}")
     if policy.min_noise_multiplier is not None:
-        noise = effective_noise_multiplier(plan)
+        noise = plan.mechanism.noise_multiplier
         if noise is None:
             refusals.append(f"policy.min_noise_multiplier: {policy.min_noise_multiplier:g} required, the run adds no noise ({plan.describe()})")
         elif noise < policy.min_noise_multiplier:
@@ -31,27 +31,17 @@ def policy_refusals(policy: SitePolicy, plan: PrivacyPlan, num_rounds: int) -> l
     return refusals
 
 
-def effective_noise_multiplier(plan: PrivacyPlan) -> float | None:
-    from flip.privacy.accounting import local_dp_noise_multiplier
-
-    if plan.mechanism == "local_dp":
-        return local_dp_noise_multiplier(plan.settings)
-    if plan.mechanism in (*CENTRAL_DP, "dp_sgd"):
-        return plan.noise_multiplier  # dp_sgd with target_epsilon: null, checked against the budget instead
-    return None
-
-
 def _epsilon_refusals(limit: float, plan: PrivacyPlan, num_rounds: int) -> list[str]:
     if not plan.is_dp:
         return [f"policy.max_epsilon: this site allows epsilon {limit:g} at most, the run ({plan.describe()}) is not differential privacy"]
-    budget = plan.settings.get("max_epsilon")
+    budget = plan.max_epsilon
     if budget is not None and budget <= limit:
         return []  # the run stops itself before it spends more
-    if plan.mechanism == "dp_sgd":
-        return []  # the site caps its own DP-SGD budget at `limit` (it depends on its sample count)
     from flip.privacy.accounting import projected_run_epsilon
 
     total = projected_run_epsilon(plan, num_rounds)
+    if total is None:
+        return []  # sites account themselves (dp_sgd): this one caps its own budget at `limit`
     if total > limit:
         return [
             f"policy.max_epsilon: the run would spend epsilon {total:.3g} over {num_rounds} rounds, this site allows "
@@ -61,7 +51,6 @@ def _epsilon_refusals(limit: float, plan: PrivacyPlan, num_rounds: int) -> list[
 
 
 def site_epsilon_cap(policy: SitePolicy, plan: PrivacyPlan) -> float | None:
-    """The budget a dp_sgd site holds its own training to: the run's or its policy's, the lower."""
-    caps = [c for c in (plan.settings.get("max_epsilon"), policy.max_epsilon) if c is not None]
+    """The budget a site that accounts itself (dp_sgd) holds its training to: the run's or its policy's, the lower."""
+    caps = [c for c in (plan.max_epsilon, policy.max_epsilon) if c is not None]
     return min(caps) if caps else None
-

@@ -31,15 +31,13 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 
-from flip.privacy.schema import SecAggConfig
+from flip.privacy.mechanisms.secagg import WEIGHT_KEY, SecAggConfig
 from flip.seeding import seeded_random
 
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
 NUM_EXAMPLES = "num-examples"
 # Train config: the names of the arrays, in the order of the legacy Parameters (which drop names).
 ARRAY_KEYS = "secagg-array-keys"
-# Train reply metrics: the weight of this site's update in the secure sum (default: num-examples).
-WEIGHT_KEY = "secagg-weight"
 _LEGACY_PREFIX = "fitres."
 
 TrainFn = Callable[[Message, Context], Message]

@@ -24,12 +24,12 @@ from flip.experiment.recipes import resolve_recipe
 from flip.privacy.schema import SitePolicy
 from flip.experiment.validate import validate
 from flip.federation.keeper import RoundKeeper
-from flip.privacy.accounting import PrivacyBudgetSpent, PrivacyLedger
+from flip.privacy.accounting import PrivacyBudgetSpent, PrivacyLedger, projected_run_epsilon
 from flip.privacy.central import PoissonSampled, poisson_draws
 from flip.privacy.plan import UNIFORM_WEIGHT, PrivacyPlan
 from flip.privacy.policy import policy_refusals
 from tests.conftest import in_memory_grid
-from tests.privacy.test_privacy_plan import as_record, flat, model_state
+from tests.privacy.conftest import as_record, flat, model_state
 
 DELTA = 1e-5
 
@@ -361,6 +361,19 @@ def test_the_budget_stops_before_the_round_the_corrected_figures_exceed():
         ledger.before_round(3, sites)
     assert float(stop.value.args[0].split()[5]) == pytest.approx(third, rel=0.01)
     assert ledger.epsilon == pytest.approx(second, rel=0.01)
+
+
+def test_the_ledger_stops_where_the_projection_of_the_whole_run_says():
+    spent = [projected_run_epsilon(plan_for("dp_client_fixed", 4), rounds) for rounds in (1, 2, 3, 4)]
+    budget = (spent[2] + spent[3]) / 2
+    ledger = PrivacyLedger(plan_for("dp_client_fixed", 4, f"privacy.max_epsilon={budget}"))
+    sites = [0, 1, 2, 3]
+    for server_round in (1, 2, 3):
+        ledger.before_round(server_round, sites)
+        ledger.after_round(sites, {})
+    with pytest.raises(PrivacyBudgetSpent, match=rf"round 4 would spend epsilon {spent[3]:.3f} in total, more than privacy.max_epsilon"):
+        ledger.before_round(4, sites)
+    assert ledger.epsilon == pytest.approx(spent[2])
 
 
 @pytest.mark.parametrize("neighbours", ["replace_one", "add_remove"])

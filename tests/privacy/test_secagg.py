@@ -12,7 +12,7 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from flip.privacy.schema import SecAggConfig
+from flip.privacy.mechanisms.secagg import SecAggConfig
 from flip.federation.simulation import flower_sandbox
 from flip.privacy.secagg import SecAggPlusGrid, build_workflow, is_secagg_message, named_aggregate, secagg_train
 
