@@ -36,7 +36,7 @@ def resume_problems(cfg: DictConfig) -> list[str]:
     plan = PrivacyPlan.from_config(cfg)
     problems = []
     if plan.is_dp or plan.secagg is not None:
-        problems.append(f"privacy={plan.mechanism}: the privacy ledger and the mechanism's server state are not saved between rounds")
+        problems.append(f"privacy={plan.settings['mechanism']}: the privacy ledger and the mechanism's server state are not saved between rounds")
     if cfg.federation.get("keep_optimizer_state"):
         problems.append("federation.keep_optimizer_state: each site's optimizer state lives in its node for one run only")
     return problems
