@@ -167,6 +167,27 @@ def test_an_unenrolled_site_is_refused_in_one_line(federation, cleanup):
     assert_all_gone(site.seen | {site.pid})
 
 
+def test_a_run_that_ships_code_is_refused_by_the_server(federation):
+    """Anyone who reaches the Control API can submit a run: the server only runs flip's own apps,
+    never a bundle's files (which Flower would import first)."""
+    import tomli_w
+    from flwr.cli.build import build_fab_from_files
+
+    from flip.federation.deployment.app_bundle import app_pyproject
+    from flip.federation.deployment.control import Control
+
+    sentinel = federation.folder / "shipped-code-ran"
+    code = f"from pathlib import Path\nPath({str(sentinel)!r}).write_text('ran')\n".encode()
+    config = app_pyproject()
+    config["tool"]["flwr"]["app"]["components"]["serverapp"] = "flip_evil:app"
+    fab, _ = build_fab_from_files({"pyproject.toml": tomli_w.dumps(config).encode(), "flip_evil.py": code})
+    with Control(f"127.0.0.1:{federation.port}", federation.certs / "ca.pem") as control:
+        run_id = control.start_run(fab, {})
+        info = wait_until(lambda: (i := control.run(run_id)).status == "finished" and i, 120, "the run to end")
+    assert info.sub_status == "failed" and "carries files (flip_evil.py)" in info.details, info
+    assert not sentinel.exists()
+
+
 def test_a_site_whose_approvals_do_not_list_the_run_refuses_it(federation, cleanup):
     file = federation.site_files["site-2"]
     original = file.read_text()

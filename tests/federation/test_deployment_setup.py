@@ -77,6 +77,11 @@ def test_a_bundle_that_carries_code_or_another_client_app_is_refused():
     other, _ = build_fab_from_files({"pyproject.toml": tomli_w.dumps(config).encode()})
     with pytest.raises(FlipError, match=r"asks for ClientApp 'evil:app'"):
         check_fab(other)
+    config = app_pyproject()
+    config["tool"]["flwr"]["app"]["components"]["serverapp"] = "os:system"
+    other, _ = build_fab_from_files({"pyproject.toml": tomli_w.dumps(config).encode()})
+    with pytest.raises(FlipError, match=r"asks for ServerApp 'os:system'"):
+        check_fab(other)
 
 
 def test_an_unreachable_or_unverified_server_is_named_in_one_line(certs, tmp_path):

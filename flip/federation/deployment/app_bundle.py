@@ -50,7 +50,8 @@ def build_fab() -> bytes:
 
 
 def check_fab(content: bytes) -> None:
-    """FlipError unless `content` is a FAB that runs flip's own apps and carries no files of its own."""
+    """FlipError unless `content` is a FAB that runs flip's own apps and carries no files of its own
+    (checked by a site's worker, and by the server before its ServerApp process installs it)."""
     import tomli
 
     try:
@@ -65,3 +66,5 @@ def check_fab(content: bytes) -> None:
     components = config.get("tool", {}).get("flwr", {}).get("app", {}).get("components", {})
     if components.get("clientapp") != CLIENT_APP:
         raise FlipError(f"this run asks for ClientApp {components.get('clientapp')!r}: a site only runs flip's ({CLIENT_APP})")
+    if components.get("serverapp") != SERVER_APP:
+        raise FlipError(f"this run asks for ServerApp {components.get('serverapp')!r}: flip's server only runs flip's ({SERVER_APP})")

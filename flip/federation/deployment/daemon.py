@@ -2,9 +2,9 @@
 
     python -m flip.federation.deployment.daemon ROLE --parent PID [ARGS...]
 
-ROLE is `superlink` or `supernode` (Flower's own daemons, run in this process with flip's
-settings applied first), `executor` (the server's ServerApp launcher) or `worker` (a site's
-warm ClientApp worker). Each dies with the supervisor that started it.
+ROLE is `superlink`, `supernode` or `serverapp` (Flower's own processes, run in this process with
+flip's settings applied first), `executor` (the server's ServerApp launcher) or `worker` (a
+site's warm ClientApp worker). Each dies with the supervisor that started it.
 
 For a SuperNode, two of Flower's fixed timings become the site's own settings, read from the
 environment `flip site` sets: `FLIP_NODE_POLL_S` caps the pauses of its polling loop (Flower
@@ -65,6 +65,25 @@ def tune_supernode(poll_s: float | None, heartbeat_s: float | None) -> None:
         heartbeat.HEARTBEAT_DEFAULT_INTERVAL = float(heartbeat_s)
 
 
+def guard_serverapp_bundles() -> None:
+    """Flower's ServerApp process installs the run's app bundle and imports the ServerApp it
+    names, from the bundle's own files first; the Control API does not authenticate who
+    submitted it. flip's server checks the bundle first: flip's own apps, no files of its own."""
+    import importlib
+
+    from flip.federation.deployment.app_bundle import check_fab
+
+    run_serverapp = importlib.import_module("flwr.superlink.runtime.run_serverapp")  # the module, not its function
+
+    install = run_serverapp.install_from_fab
+
+    def checked_install(content: bytes, *args: Any, **kwargs: Any) -> Any:
+        check_fab(content)
+        return install(content, *args, **kwargs)
+
+    run_serverapp.install_from_fab = checked_install
+
+
 def main(argv: list[str] | None = None) -> None:
     from flip.federation.deployment.supervise import die_with_parent
 
@@ -85,6 +104,12 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.argv = ["flower-supernode", *rest]
         flower_supernode()
+    elif role == "serverapp":
+        guard_serverapp_bundles()
+        from flwr.superlink.cli import flwr_serverapp
+
+        sys.argv = ["flwr-serverapp", *rest]
+        flwr_serverapp()
     elif role == "executor":
         from flip.federation.deployment.executor import main as executor_main
 

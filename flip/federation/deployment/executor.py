@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> None:
 
     def launch(task: Any, token: str) -> None:
         reap()
-        command = [str(Path(sys.executable).parent / "flwr-serverapp"), "--runtime-api-address", args.runtime_api_address, "--token", token]
+        # Flower's flwr-serverapp, with the run's app bundle checked first (daemon.guard_serverapp_bundles).
+        command = [sys.executable, "-m", "flip.federation.deployment.daemon", "serverapp", "--parent", str(os.getpid())]
+        command += ["--runtime-api-address", args.runtime_api_address, "--token", token]
         command += ["--root-certificates", args.root_certificates] if args.root_certificates else ["--insecure"]
         command += ["--parent-pid", str(os.getpid())]
         out = Path(args.logs) / f"serverapp-{task.run_id}.log"
