@@ -23,6 +23,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flip.experiment.validate import validate, validate_sweep
     from flip.launch import launch
 
+    if args.resume:
+        from flip.launch import resume_arguments
+
+        recipe, overrides = resume_arguments(Path(args.resume), args.items)
+        launch(recipe, overrides, resume=True)
+        return 0
     name, overrides = _split_recipe(args.items)
     recipe = resolve_recipe(name)
     if args.multirun:
@@ -96,6 +102,8 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 
     name, overrides = _split_recipe(args.items)
     cfg = validate(resolve_recipe(name), overrides)
+    if cfg.federation.mode == "deployment":
+        raise FlipError("a deployment's data is at its sites: each site inspects its own with `flip site --config SITE.yaml --check RECIPE [OVERRIDES]`")
     sites = inspect_sites(cfg, require_labels=not args.no_labels)
     if args.json:
         print(json.dumps({"sites": [site.as_json() for site in sites]}, indent=2))
@@ -131,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a recipe (the default recipe without one)", description="Run a recipe.")
     run.add_argument("items", nargs="*", metavar="[RECIPE] [OVERRIDES]", help=items_help)
     run.add_argument("-m", "--multirun", action="store_true", help="sweep: one run per combination of values")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a federated run that stopped, after its last completed round")
     run.set_defaults(handler=cmd_run)
 
     validate = commands.add_parser("validate", help="check a recipe and overrides; list every problem")
@@ -166,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print one JSON object: {\"sites\": [...]}")
     inspect.add_argument("--no-labels", action="store_true", help="report unlabelled items as unlabelled, not as errors")
     inspect.set_defaults(handler=cmd_data_inspect)
+
+    from flip.cli_deployment import add_deployment_commands
+
+    add_deployment_commands(commands)
     return parser
 
 

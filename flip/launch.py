@@ -30,7 +30,26 @@ def hydra_argv(recipe: Path, overrides: list[str], multirun: bool) -> list[str]:
     return [*argv, "--multirun"] if multirun else argv
 
 
-def launch(recipe: Path, overrides: list[str], multirun: bool = False) -> None:
+def resume_arguments(run_dir: Path, extra: list[str]) -> tuple[Path, list[str]]:
+    """The recipe and overrides a run directory was made with, to run it again in place."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    run_dir = run_dir.expanduser().resolve()
+    manifest, overrides_file = run_dir / "manifest.json", run_dir / ".hydra" / "overrides.yaml"
+    if not manifest.is_file() or not overrides_file.is_file():
+        raise FlipError(f"{run_dir}: not a run directory (no manifest.json or .hydra/overrides.yaml)")
+    if extra:
+        raise FlipError(f"--resume runs the recipe and overrides of {run_dir}; it takes no others ({' '.join(extra)})")
+    recipe = json.loads(manifest.read_text(encoding="utf-8")).get("recipe")
+    if not recipe or not Path(recipe).is_file():
+        raise FlipError(f"{run_dir}: its recipe {recipe!r} is no longer on this machine")
+    overrides = [str(o) for o in OmegaConf.load(overrides_file)]
+    return Path(recipe), [*overrides, f"hydra.run.dir={run_dir}"]
+
+
+def launch(recipe: Path, overrides: list[str], multirun: bool = False, resume: bool = False) -> None:
     """Run `recipe` through `hydra.main`: run directory, `.hydra/`, logging and sweeps come from Hydra."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
@@ -39,7 +58,7 @@ def launch(recipe: Path, overrides: list[str], multirun: bool = False) -> None:
 
     def task(cfg: DictConfig) -> dict[str, Any]:
         try:
-            result = run(cfg, Path(HydraConfig.get().runtime.output_dir), recipe)
+            result = run(cfg, Path(HydraConfig.get().runtime.output_dir), recipe, resume=resume)
         except FlipError as error:
             log.error("%s", error)  # into the run's log file too
             raise _RunFailed(error) from error

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from flip.audit.manifest import now_iso, start_manifest
+from flip.audit.record import RunRecord, record_run
 from flip.config.allowlist import AllowList, entry_problems, target_problems
 from flip.experiment.rules import rule_problems
-from flip.errors import ConfigError
-from flip.results import config_sha256, write_json
+from flip.errors import ConfigError, FlipError
+from flip.results import config_sha256
 from flip.run_types import ModeResult
 
 log = logging.getLogger(__name__)
@@ -29,13 +29,19 @@ def _local(cfg: DictConfig, run_dir: Path) -> ModeResult:
     return run_local(cfg, run_dir)
 
 
-def _simulation(cfg: DictConfig, run_dir: Path) -> ModeResult:
+def _simulation(cfg: DictConfig, run_dir: Path, resume: bool = False) -> ModeResult:
     from flip.federation.simulation import run_simulation_mode
 
-    return run_simulation_mode(cfg, run_dir)
+    return run_simulation_mode(cfg, run_dir, resume=resume)
 
 
-RUNNERS: dict[str, Callable[[DictConfig, Path], ModeResult]] = {"local": _local, "simulation": _simulation}
+def _deployment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> ModeResult:
+    from flip.federation.deployment.runner import run_deployment_mode
+
+    return run_deployment_mode(cfg, run_dir, resume=resume)
+
+
+RUNNERS: dict[str, Callable[..., ModeResult]] = {"local": _local, "simulation": _simulation, "deployment": _deployment}
 
 
 @dataclass
@@ -61,53 +67,19 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(problems)
 
 
-def run(cfg: DictConfig, run_dir: Path, recipe: Path | None = None) -> RunResult:
-    """Run the experiment `cfg` describes and fill `run_dir`; same layout for every mode."""
-    check_config(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    mode = cfg.federation.mode
-    digest = config_sha256(cfg)
-    manifest = start_manifest(recipe=recipe, config_sha256=digest, seed=cfg.seed, mode=mode)
-    manifest["status"] = "running"
-    write_json(run_dir / "manifest.json", manifest)
-    started = time.perf_counter()
-    try:
-        result = RUNNERS[mode](cfg, run_dir)
-    except BaseException as error:
-        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-        manifest.update(status=status, error=f"{type(error).__name__}: {error}", finished_at=now_iso())
-        write_json(run_dir / "manifest.json", manifest)
-        raise
-    wall_time = time.perf_counter() - started
+def run(cfg: DictConfig, run_dir: Path, recipe: Path | None = None, resume: bool = False) -> RunResult:
+    """Run the experiment `cfg` describes and fill `run_dir`; same layout for every mode.
 
-    result.table.write_csv(run_dir / "metrics.csv")
-    summary = {
-        "mode": mode,
-        "recipe": recipe.stem if recipe else None,
-        "status": "completed",
-        "config_sha256": digest,
-        "model_sha256": result.model_sha256,
-        "seed": cfg.seed,
-        "rounds": result.rounds,
-        "monitor": cfg.monitor,
-        "metrics": result.metrics,
-        "best_metrics": result.best_metrics,
-        "sites": [asdict(site) for site in result.sites],
-        "site_metrics": result.site_metrics,
-        "failures": result.failures,
-        "withheld": result.withheld,
-        "privacy": result.privacy,
-        "stop_reason": result.stop_reason,
-        "wall_time_s": round(wall_time, 3),
-    }
-    write_json(run_dir / "summary.json", summary)
-    manifest.update(
-        status="completed",
-        finished_at=now_iso(),
-        model_sha256=result.model_sha256,
-        privacy=result.privacy,
-        data={site.site: {"fingerprint": site.fingerprint, "items": site.found} for site in result.sites},
-    )
-    write_json(run_dir / "manifest.json", manifest)
+    With `resume`, `run_dir` holds a federated run that stopped: it continues after its last
+    completed round (`flip run --resume RUN_DIR`).
+    """
+    check_config(cfg)
+    mode = cfg.federation.mode
+    if resume and mode == "local":
+        raise FlipError("--resume continues a federated run; a local run has no rounds to resume")
+    record = RunRecord(mode=mode, config_sha256=config_sha256(cfg), seed=cfg.seed, monitor=cfg.monitor, recipe=recipe, resumed=resume)
+    runner = RUNNERS[mode]
+    body = partial(runner, cfg, run_dir, resume=True) if resume else partial(runner, cfg, run_dir)
+    summary = record_run(run_dir, record, body)
     log.info("run directory: %s", run_dir)
     return RunResult(run_dir, summary)

@@ -12,6 +12,8 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING, SI
 
+from flip.config.schema_deployment import DeploymentFederationConfig
+
 SCHEMA_MARKER = "_schema_"
 
 
@@ -117,5 +119,6 @@ SCHEMAS: Dict[str, type] = {
     "trainer/lightning": TrainerConfig,
     "federation/local": LocalFederationConfig,
     "federation/simulation": SimulationFederationConfig,
+    "federation/deployment": DeploymentFederationConfig,
     "partition/partition": PartitionConfig,
 }

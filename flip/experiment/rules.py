@@ -7,6 +7,7 @@ from typing import Callable
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from flip.config.schema_deployment import deployment_problems
 from flip.config.strategies import strategy_problems
 from flip.data.fhir import schema as fhir
 from flip.data.multimodal import schema as multimodal
@@ -19,7 +20,7 @@ from flip.privacy.schema import privacy_problems
 
 BY_SITE_SOURCES = ("folder", "column", "attribute")
 
-IMPLEMENTED_MODES = ("local", "simulation")
+IMPLEMENTED_MODES = ("local", "simulation", "deployment")
 
 
 def _mode(cfg: DictConfig) -> list[str]:
@@ -96,8 +97,10 @@ def _federation(cfg: DictConfig) -> list[str]:
         problems.append(f"federation.local_epochs: must be at least 1, got {federation.local_epochs}")
     if federation.local_steps is not None and federation.local_steps < 1:
         problems.append(f"federation.local_steps: must be at least 1 or null, got {federation.local_steps}")
-    if federation.cpus_per_site <= 0:
+    if federation.get("cpus_per_site", 1) <= 0:
         problems.append(f"federation.cpus_per_site: must be positive, got {federation.cpus_per_site}")
+    if federation.mode == "deployment":
+        problems += deployment_problems(federation)
     return problems + strategy_problems(cfg.strategy, federation.num_sites)
 
 

@@ -33,6 +33,9 @@ class SiteSettingsConfig:
     cpus: Optional[float] = None
     # Simulation only, set by flip: this site's part of a pooled data set.
     partition: Optional[Dict[str, Any]] = None
+    # Deployment only (`flip site`): where the site's node connects, with which CA certificate
+    # and key, and where it keeps its state (flip.config.schema_deployment.SiteNodeConfig).
+    node: Optional[Dict[str, Any]] = None
 
 
 def site_settings_problems(raw: Any, where: str) -> list[str]:
@@ -51,6 +54,9 @@ def site_settings_problems(raw: Any, where: str) -> list[str]:
         for mechanism in policy.get("allowed_mechanisms") or []:
             if mechanism not in MECHANISMS:
                 problems.append(f"{where}.policy.allowed_mechanisms: '{mechanism}' is not a privacy mechanism")
+    from flip.config.schema_deployment import node_problems
+
+    problems += node_problems(raw.get("node"), f"{where}.node")
     cpus = raw.get("cpus")
     if isinstance(cpus, (int, float)) and cpus <= 0:
         problems.append(f"{where}.cpus: must be positive, got {cpus}")

@@ -17,10 +17,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.client.mod.utils import make_ffn
 from flwr.clientapp import ClientApp
 
+import flip
 from flip.federation.keeper import site_record
 from flip.federation.site_config import node_site_settings
 from flip.federation.strategy import WITHHELD
-from flip.federation.trust import AcceptedRun, accept_run
+from flip.federation.trust import AcceptedRun, accept_run, refusal
 from flip.privacy.policy import site_epsilon_cap
 from flip.privacy.secagg import is_secagg_message, secagg_train
 
@@ -32,6 +33,10 @@ DIGEST_KEY = "flip-config-sha256"
 INITIAL_MODEL_KEY = "flip-initial-model"
 MODEL_KEY = "model"
 OPTIMIZER_STATE_KEY = "flip-optimizer-state"
+# The wire protocol between flip's server and its sites, sent in the handshake: bumped when a
+# message changes, so a site never serves a server it would misunderstand.
+PROTOCOL_KEY = "flip-protocol"
+PROTOCOL = 1
 
 app = ClientApp()
 
@@ -86,8 +91,13 @@ def identify(message: Message, context: Context) -> Message:
     asked for it (`INITIAL_MODEL_KEY`) also sends the run's initial weights and hyperparameters.
     """
     run = accepted_run(message, context)
+    theirs = int(message.content["config"].get(PROTOCOL_KEY, PROTOCOL))
+    if theirs != PROTOCOL:
+        raise refusal(
+            run.site, [f"the server speaks flip protocol {theirs}, this site runs flip {flip.__version__} (protocol {PROTOCOL}): install the same flip release on both (rule: compatible flip)"]
+        )
     site = site_code(run)
-    content = RecordDict({"site": ConfigRecord({"name": run.site.name})})
+    content = RecordDict({"site": ConfigRecord({"name": run.site.name, "flip-version": flip.__version__})})
     if message.content["config"].get(INITIAL_MODEL_KEY, False):
         state, hparams = site.initial_model(run.cfg)
         content["arrays"] = ArrayRecord(state)

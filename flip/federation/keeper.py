@@ -177,6 +177,13 @@ class RoundKeeper:
         self._advance(server_round, value)
         self._round_started = time.perf_counter()
 
+    def resume_at(self, server_round: int, arrays: ArrayRecord) -> None:
+        """A resumed run starts from round `server_round`'s weights (its records are restored already)."""
+        import torch  # noqa: F401
+
+        self.last_state, self.last_round = arrays.to_torch_state_dict(), server_round
+        self._round_started = time.perf_counter()
+
     def monitored(self, server_round: int) -> float | None:
         """The monitored metric of a round: the federated aggregate, else the server's own."""
         for site in (FEDERATED, SERVER):
@@ -189,7 +196,9 @@ class RoundKeeper:
         return value > best if self.monitor_mode == "max" else value < best
 
     def _advance(self, server_round: int, value: float | None) -> None:
-        if self.progress is None:
+        if self.progress is None:  # no display here (a deployment's server): one log line per round
+            shown = "n/a" if value is None else f"{value:.4f}"
+            log.info("round %d/%d done · %s %s", server_round, self.num_rounds, self.monitor, shown)
             return
         if self._task is None:
             self._task = self.progress.add_task("federated rounds", total=self.num_rounds)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
@@ -15,8 +15,9 @@ from omegaconf import DictConfig
 
 from flip.config.allowlist import AllowList
 from flip.errors import FlipError
-from flip.federation.client_app import CONFIG_KEY, DIGEST_KEY, INITIAL_MODEL_KEY, MODEL_KEY
+from flip.federation.client_app import CONFIG_KEY, DIGEST_KEY, INITIAL_MODEL_KEY, MODEL_KEY, PROTOCOL, PROTOCOL_KEY
 from flip.federation.keeper import RoundKeeper
+from flip.federation.resume import ResumePoint, checkpoint_weights, restore_keeper, restore_strategy, save_point
 from flip.federation.shipping import pack_config
 from flip.federation.strategy import FlipSettings, SiteGrid, build_flip_strategy, error_summary
 from flip.privacy.accounting import PrivacyBudgetSpent
@@ -31,6 +32,8 @@ class ServerOutcome:
     result: Result | None = None
     # Why the run ended before its last round (the privacy budget), if it did.
     stop_reason: str | None = None
+    # The flip version each site runs, by site name (from the handshake).
+    site_versions: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -41,6 +44,7 @@ class SiteAnswers:
     node_to_site: dict[int, int]
     initial_arrays: ArrayRecord
     hparams: dict[str, Any]
+    versions: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -90,19 +94,24 @@ class Handshake:
             if not self.pending or time.monotonic() > self.deadline:
                 break
             time.sleep(0.05)
-        mapping, problems, model = {}, [], None
+        mapping, problems, model, versions = {}, [], None, {}
         index_of = {name: index for index, name in enumerate(self.site_names)}
+        enrolled = enrolled_names(self.grid)
         for reply in replies:
             if reply.has_error():
                 problems.append(error_summary(reply.error.reason, lines=1))
                 continue
             name = str(reply.content["site"]["name"])
-            if name not in index_of:
-                problems.append(f"a node answered as site '{name}', which is not one of this run's sites")
+            node = reply.metadata.src_node_id
+            if enrolled.get(node, name) != name:
+                problems.append(f"the node enrolled as site '{enrolled[node]}' answered as site '{name}'")
+            elif name not in index_of:
+                problems.append(f"a node answered as site '{name}', which is not one of this run's sites ({', '.join(self.site_names)})")
             elif index_of[name] in mapping.values():
                 problems.append(f"two nodes answered as site '{name}'")
             else:
-                mapping[reply.metadata.src_node_id] = index_of[name]
+                mapping[node] = index_of[name]
+                versions[name] = str(reply.content["site"].get("flip-version", "?"))
             if MODEL_KEY in reply.content:
                 model = reply.content["arrays"], json.loads(str(reply.content[MODEL_KEY]["hparams"]))
         if model is None and not problems:
@@ -111,42 +120,108 @@ class Handshake:
         if problems or missing:
             silent = f"no answer from {', '.join(missing)}; " if missing else ""
             raise FlipError(f"site handshake failed: {silent}{'; '.join(problems)}".rstrip("; "))
-        return SiteAnswers(mapping, *model)
+        return SiteAnswers(mapping, *model, versions)
+
+
+def serve(
+    grid: Grid,
+    cfg: DictConfig,
+    site_names: list[str],
+    prepare: Callable[[], RoundKeeper],
+    outcome: ServerOutcome,
+    resume: ResumePoint | None = None,
+    packed: tuple[str, str] | None = None,
+) -> None:
+    """A federated run across the sites `site_names`, on any grid (a simulation's or a deployment's).
+
+    `prepare` builds the server's own side (its records, shared inputs) while the sites answer
+    the handshake. With `resume`, the run continues after that round of an earlier run.
+    `packed` is the config as sites receive it (text, sha256), when the server received it so.
+    """
+    federation = cfg.federation
+    text, digest = packed or pack_config(cfg)
+    shipped = {CONFIG_KEY: text, DIGEST_KEY: digest}
+    timeout = float(federation.get("connect_timeout", federation.round_timeout))
+    handshake = Handshake.announce(grid, site_names, timeout, {**shipped, PROTOCOL_KEY: PROTOCOL})
+    outcome.keeper = keeper = prepare()
+    answers = handshake.answers()
+    outcome.site_versions = answers.versions
+    keeper.hparams = answers.hparams
+    keeper.site_names = list(site_names)
+    plan = PrivacyPlan.from_config(cfg)
+    offset = resume.round if resume is not None else 0
+    settings = FlipSettings(
+        cfg.seed, federation.min_successful_sites, keeper, float(federation.get("rejoin_timeout", 0.0)), round_offset=offset
+    )
+    weighting = {"weighted_by_key": UNIFORM_WEIGHT} if plan.uniform_weights else {}
+    flip_strategy = build_flip_strategy(cfg.strategy, AllowList.of(cfg.allowed_targets), settings, **weighting)
+    strategy = plan.wrap_strategy(flip_strategy)
+    initial = answers.initial_arrays
+    if resume is not None:
+        restore_keeper(keeper, resume)
+        restore_strategy(flip_strategy, resume.strategy)
+        initial = ArrayRecord(checkpoint_weights(resume))
+        log.info("resuming after round %d of %d", offset, federation.num_rounds)
+
+    def end_round(server_round: int, arrays: ArrayRecord) -> None:
+        if server_round == 0 and offset:
+            keeper.resume_at(offset, arrays)
+            return
+        keeper.end_round(server_round + offset, arrays)
+        if server_round > 0:
+            save_point(keeper.checkpoints, keeper, flip_strategy, server_round + offset)
+
+    try:
+        outcome.result = strategy.start(
+            grid=SiteGrid(plan.wrap_grid(grid, federation.round_timeout), answers.node_to_site, settings),
+            initial_arrays=initial,
+            num_rounds=federation.num_rounds - offset,
+            timeout=federation.round_timeout,
+            train_config=ConfigRecord(dict(shipped)),
+            evaluate_config=ConfigRecord(dict(shipped)),
+            evaluate_fn=end_round,
+        )
+    except PrivacyBudgetSpent as stop:
+        log.warning("%s", stop)
+        outcome.stop_reason = str(stop)
+
+
+def enrolled_names(grid: Grid) -> dict[int, str]:
+    """Node id -> the name its key was enrolled under (`flip server register-site`), for the nodes
+    online that have one; empty on grids without enrolment (a simulation's)."""
+    try:
+        return {int(node.node_id): str(node.name) for node in grid.get_nodes() if getattr(node, "name", "")}
+    except (AttributeError, NotImplementedError):
+        return {}
 
 
 def build_server_app(
-    cfg: DictConfig, site_names: list[str], prepare: Callable[[], RoundKeeper], outcome: ServerOutcome
+    cfg: DictConfig,
+    site_names: list[str],
+    prepare: Callable[[], RoundKeeper],
+    outcome: ServerOutcome,
+    resume: ResumePoint | None = None,
 ) -> ServerApp:
-    """The ServerApp of a run across the sites `site_names`; `prepare` builds the server's own
-    side (model, data, records) while the sites answer the handshake."""
-    app = ServerApp()
-    federation = cfg.federation
+    """A simulation's ServerApp: `serve` with the driver's own state (its progress display and
+    records). Flower's `run_simulation` takes no run config, so this adapter hands it over;
+    a deployment runs the module-level `app` below, which reads everything from its run config."""
+    simulation_app = ServerApp()
 
-    @app.main()
+    @simulation_app.main()
     def main(grid: Grid, context: Context) -> None:
-        text, digest = pack_config(cfg)
-        shipped = {CONFIG_KEY: text, DIGEST_KEY: digest}
-        handshake = Handshake.announce(grid, site_names, federation.round_timeout, shipped)
-        outcome.keeper = keeper = prepare()
-        answers = handshake.answers()
-        keeper.hparams = answers.hparams
-        keeper.site_names = list(site_names)
-        plan = PrivacyPlan.from_config(cfg)
-        settings = FlipSettings(cfg.seed, federation.min_successful_sites, keeper)
-        weighting = {"weighted_by_key": UNIFORM_WEIGHT} if plan.uniform_weights else {}
-        strategy = plan.wrap_strategy(build_flip_strategy(cfg.strategy, AllowList.of(cfg.allowed_targets), settings, **weighting))
-        try:
-            outcome.result = strategy.start(
-                grid=SiteGrid(plan.wrap_grid(grid, federation.round_timeout), answers.node_to_site, settings),
-                initial_arrays=answers.initial_arrays,
-                num_rounds=federation.num_rounds,
-                timeout=federation.round_timeout,
-                train_config=ConfigRecord(dict(shipped)),
-                evaluate_config=ConfigRecord(dict(shipped)),
-                evaluate_fn=keeper.end_round,
-            )
-        except PrivacyBudgetSpent as stop:
-            log.warning("%s", stop)
-            outcome.stop_reason = str(stop)
+        serve(grid, cfg, site_names, prepare, outcome, resume)
 
-    return app
+    return simulation_app
+
+
+app = ServerApp()
+
+
+@app.main()
+def deployment_main(grid: Grid, context: Context) -> None:
+    """The ServerApp of a deployment (flwr-serverapp loads it by reference, `flip.federation.server_app:app`):
+    the config, recipe and resume point come in the run config, the run directory goes into the
+    server's runs folder (`flip.federation.deployment.server_run`)."""
+    from flip.federation.deployment.server_run import serve_run
+
+    serve_run(grid, context)

@@ -29,6 +29,8 @@ RULE_INERT = "rule: a received config is inert data"
 RULE_SITE_OWNED = "rule: site-owned settings"
 # Data nodes whose paths are the site's: the source, and a multimodal join's modalities.
 DATA_NODES = ("data", "data.image", "data.tabular", "data.text")
+# federation keys of a deployment that say how this machine connects, with the values sent.
+CONNECTION_KEYS = {"superlink": None, "root_certificates": None, "insecure": False}
 
 _SCHEMA_NAMES = {cls: name for name, cls in SCHEMAS.items()}
 
@@ -57,6 +59,8 @@ def without_site_settings(container: dict) -> dict:
         federation["sites"] = {}
     if "sites_file" in federation:
         federation["sites_file"] = None
+    # Where the researcher reaches the server, and with which CA file, is not the experiment.
+    federation.update({key: value for key, value in CONNECTION_KEYS.items() if key in federation})
     for dotted in DATA_NODES:
         node = _node(container, dotted)
         if isinstance(node, dict):

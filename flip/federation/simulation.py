@@ -12,7 +12,7 @@ import tempfile
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from omegaconf import DictConfig
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -21,6 +21,7 @@ from flip.console import console
 from flip.data import synthetic_root
 from flip.errors import FlipError
 from flip.federation.keeper import FEDERATED, SERVER, RoundKeeper, save_weights_checkpoint
+from flip.federation.resume import ResumePoint, load_point, resume_problems
 from flip.federation.simulated_sites import simulated_site_names, simulated_site_settings, write_site_files
 from flip.federation.site_config import SIMULATION_SITES_ENV
 from flip.interrupts import interrupts_reach_main_thread
@@ -28,6 +29,9 @@ from flip.privacy.accounting import PrivacyLedger
 from flip.privacy.plan import PrivacyPlan
 from flip.results import model_sha256
 from flip.run_types import ModeResult
+
+if TYPE_CHECKING:
+    from flip.federation.server_app import ServerOutcome
 
 log = logging.getLogger(__name__)
 _FLOWER_ENV = {
@@ -96,7 +100,7 @@ def _server_evaluator(cfg: DictConfig):
     return lambda state: evaluate_model(cfg, server_datamodule(cfg), state)
 
 
-def _server_side(cfg: DictConfig, checkpoints: Path, progress: Progress | None) -> RoundKeeper:
+def server_side(cfg: DictConfig, checkpoints: Path, progress: Progress | None) -> RoundKeeper:
     """The server's own start-up: its records, its evaluator and the shared inputs.
 
     It runs in the ServerApp while the sites start theirs (Ray, site processes, their imports).
@@ -109,19 +113,21 @@ def _server_side(cfg: DictConfig, checkpoints: Path, progress: Progress | None) 
     keeper = RoundKeeper(
         checkpoints=checkpoints,
         monitor=cfg.monitor,
-        monitor_mode=cfg.monitor_mode.name,
+        monitor_mode=getattr(cfg.monitor_mode, "name", str(cfg.monitor_mode)),  # an enum, or a received config's text
         num_rounds=cfg.federation.num_rounds,
         server_evaluate=_server_evaluator(cfg),
         progress=progress,
         ledger=PrivacyLedger(PrivacyPlan.from_config(cfg)),
     )
-    # Generate shared inputs once, here, before the sites' first round reads them.
-    if cfg.data.get("root") is None and cfg.data.get("synthetic") is not None:
+    # Generate shared inputs once, here, before the sites' first round reads them (on this
+    # machine: a simulation's sites, or the data a deployment's server evaluates on).
+    shared = cfg.federation.mode == "simulation" or cfg.federation.get("server_eval_site")
+    if shared and cfg.data.get("root") is None and cfg.data.get("synthetic") is not None:
         synthetic_root(cfg.data.synthetic, cfg.data.get("cache_dir"))
     return keeper
 
 
-def run_simulation_mode(cfg: DictConfig, run_dir: Path) -> ModeResult:
+def run_simulation_mode(cfg: DictConfig, run_dir: Path, resume: bool = False) -> ModeResult:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # Flower's state database logs its set-up
     from flwr.simulation import run_simulation
 
@@ -131,6 +137,7 @@ def run_simulation_mode(cfg: DictConfig, run_dir: Path) -> ModeResult:
     federation = cfg.federation
     checkpoints = run_dir / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
+    point = resume_point(cfg, run_dir) if resume else None
     names = simulated_site_names(cfg)
     sites = simulated_site_settings(cfg, names)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console)
@@ -140,23 +147,36 @@ def run_simulation_mode(cfg: DictConfig, run_dir: Path) -> ModeResult:
     with flower_sandbox() as scratch, progress, interrupts_reach_main_thread():
         os.environ[SIMULATION_SITES_ENV] = str(write_site_files(scratch / "sites", sites))
         run_simulation(
-            server_app=build_server_app(cfg, names, partial(_server_side, cfg, checkpoints, shown), outcome),
+            server_app=build_server_app(cfg, names, partial(server_side, cfg, checkpoints, shown), outcome, point),
             client_app=client_app,
             num_supernodes=federation.num_sites,
             backend_config=backend_config(cfg, scratch),
         )
+    return federation_result(outcome, checkpoints)
+
+
+def resume_point(cfg: DictConfig, run_dir: Path) -> ResumePoint:
+    """Where a stopped run of `cfg` in `run_dir` continues, or FlipError saying why it cannot."""
+    problems = resume_problems(cfg)
+    if problems:
+        raise FlipError(f"{run_dir} cannot be resumed exactly: {'; '.join(problems)}")
+    return load_point(run_dir)
+
+
+def federation_result(outcome: ServerOutcome, checkpoints: Path) -> ModeResult:
+    """The final model (`final.ckpt`) and what the server recorded, once the rounds are done."""
     keeper = outcome.keeper
     if keeper is None or keeper.last_state is None or keeper.last_round == 0:
         reason = outcome.stop_reason or "no round was aggregated (see the run log)"
         raise FlipError(f"the federation produced no model: {reason}")
     # The latest global model: the last round's, or the one before a round the budget forbade.
     save_weights_checkpoint(keeper.hparams, keeper.last_state, checkpoints / "final.ckpt", keeper.last_round)
-    result = _mode_result(keeper, keeper.last_round, model_sha256(keeper.last_state))
+    result = mode_result(keeper, keeper.last_round, model_sha256(keeper.last_state))
     result.stop_reason = outcome.stop_reason
     return result
 
 
-def _mode_result(keeper: RoundKeeper, rounds: int, digest: str) -> ModeResult:
+def mode_result(keeper: RoundKeeper, rounds: int, digest: str) -> ModeResult:
     table = keeper.table
 
     def global_metrics(round_: int) -> dict[str, float]:

@@ -9,6 +9,7 @@ each sampling call from (seed, phase, round).
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Protocol
 
@@ -51,6 +52,10 @@ class FlipSettings:
     seed: int
     min_successful_sites: int
     observer: RoundObserver
+    # Seconds a round waits for sites that went offline to come back (a deployment's sites can).
+    rejoin_timeout: float = 0.0
+    # Rounds already done before this strategy started (a resumed run): round numbers stay absolute.
+    round_offset: int = 0
 
 
 class SiteGrid:
@@ -69,6 +74,23 @@ class SiteGrid:
         online = set(self._grid.get_node_ids())
         return sorted((n for n in self.node_to_site if n in online), key=self.node_to_site.__getitem__)
 
+    def await_sites(self, server_round: int, phase: str, needed: int, names: list[str] | None = None) -> None:
+        """Before a round's phase: wait up to `rejoin_timeout` for every site to be online (a site
+        that stopped comes back once its node restarts), then go on with those online, or stop
+        with a message naming the missing sites when fewer than the strategy needs are online
+        (Flower would wait for them forever)."""
+        deadline = time.monotonic() + self.settings.rejoin_timeout
+        while len(online := self.get_node_ids()) < len(self.node_to_site) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if len(online) >= needed:
+            return
+        missing = sorted(set(self.node_to_site.values()) - {self.node_to_site[n] for n in online})
+        shown = ", ".join(names[i] if names else str(i) for i in missing)
+        raise FlipError(
+            f"round {server_round} ({phase}): {len(online)} site(s) online after waiting {self.settings.rejoin_timeout:.0f} s "
+            f"(federation.rejoin_timeout) for {shown}; the strategy needs {needed} (min_available_nodes / min_{phase}_nodes)"
+        )
+
     def send_and_receive(self, messages: Iterable[Message], timeout: float | None = None) -> list[Message]:
         messages = list(messages)
         if not messages:
@@ -79,7 +101,11 @@ class SiteGrid:
         observer = self.settings.observer
         if phase == "train":  # the sites sampled, and how many were online to sample from
             observer.before_train(server_round, sampled, population=len(self.get_node_ids()))
-        replies = sorted(self._grid.send_and_receive(messages, timeout=timeout), key=self._site)
+        received = list(self._grid.send_and_receive(messages, timeout=timeout))
+        # The grid gave each message its id when it pushed it; an error the SuperLink writes for
+        # a node that went away comes from the SuperLink itself, so replies map back by that id.
+        self._sent = {m.metadata.message_id: self.node_to_site[m.metadata.dst_node_id] for m in messages}
+        replies = sorted((m for m in received if self._site(m) is not None), key=self._site)
         usable = []
         for message in replies:
             site = self._site(message)
@@ -102,25 +128,43 @@ class SiteGrid:
         (observer.train_replies if phase == "train" else observer.evaluate_replies)(server_round, pairs)
         return usable
 
-    def _site(self, message: Message) -> int:
-        return self.node_to_site[message.metadata.src_node_id]
+    def _site(self, message: Message) -> int | None:
+        site = self.node_to_site.get(message.metadata.src_node_id)
+        return site if site is not None else getattr(self, "_sent", {}).get(message.metadata.reply_to_message_id)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
 
 
 class FlipStrategyMixin:
-    """Put in front of a Flower strategy class by `build_flip_strategy`: seeded site sampling."""
+    """Put in front of a Flower strategy class by `build_flip_strategy`: seeded site sampling,
+    sites that come back after a failure, and absolute round numbers in a resumed run."""
 
     flip: FlipSettings
 
+    def _await(self, server_round: int, phase: str, grid: Any) -> None:
+        if hasattr(grid, "await_sites"):
+            needed = max(int(getattr(self, "min_available_nodes", 1)), int(getattr(self, f"min_{phase}_nodes", 1)))
+            grid.await_sites(server_round, phase, needed, getattr(self.flip.observer, "site_names", None))
+
     def configure_train(self, server_round, arrays, config, grid):
+        server_round += self.flip.round_offset
+        self._await(server_round, "train", grid)
         with seeded_random(f"{self.flip.seed}-train-{server_round}"):
             return list(super().configure_train(server_round, arrays, config, grid))
 
+    def aggregate_train(self, server_round, replies):
+        return super().aggregate_train(server_round + self.flip.round_offset, replies)
+
     def configure_evaluate(self, server_round, arrays, config, grid):
+        server_round += self.flip.round_offset
+        if getattr(self, "fraction_evaluate", 1.0) != 0:
+            self._await(server_round, "evaluate", grid)
         with seeded_random(f"{self.flip.seed}-evaluate-{server_round}"):
             return list(super().configure_evaluate(server_round, arrays, config, grid))
+
+    def aggregate_evaluate(self, server_round, replies):
+        return super().aggregate_evaluate(server_round + self.flip.round_offset, replies)
 
 
 def build_flip_strategy(strategy_cfg: DictConfig, allowed: AllowList, settings: FlipSettings, **extra: Any) -> Strategy:
