@@ -232,7 +232,8 @@ def test_the_runner_stopped_after_round_1_resumes_to_the_same_model(federation, 
     runner = federation.run(name="runner-stopped")
     cleanup(runner)
     receipt = wait_until(lambda: next((federation.folder / "runner-stopped").rglob("deployment.json"), None), 120, "the run to start")
-    wait_until(lambda: _server_round(receipt) >= 1, 240, "round 1 on the server")
+    runner.wait_for(f"round 1/{ROUNDS} done", 240)  # the runner has seen it: the server has written round 1
+    assert _server_round(receipt) >= 1
     assert runner.stop(signal.SIGINT) == 130, runner.output()[-3000:]
     assert "flip: interrupted" in runner.output()
     local = receipt.parent
