@@ -134,13 +134,14 @@ def test_plot_is_a_readable_png(sweep: Path) -> None:
 
 def test_global_series_prefers_federated_then_server_then_site_mean(tmp_path: Path) -> None:
     path = tmp_path / "metrics.csv"
+    run = tmp_path
     site_rows = [(1, "a", "val", "auroc", 0.6), (1, "b", "val", "auroc", 0.8), (2, "a", "val", "auroc", 0.9)]
     write_csv(path, site_rows)
-    assert global_series(path, "val/auroc") == pytest.approx({1: 0.7, 2: 0.9})
+    assert global_series(run, "val/auroc") == pytest.approx({1: 0.7, 2: 0.9})
     write_csv(path, [*site_rows, (1, "server", "val", "auroc", 0.5)])
-    assert global_series(path, "val/auroc") == {1: 0.5}
+    assert global_series(run, "val/auroc") == {1: 0.5}
     write_csv(path, [*site_rows, (1, "server", "val", "auroc", 0.5), (1, "federated", "val", "auroc", 0.4)])
-    assert global_series(path, "val/auroc") == {1: 0.4}
+    assert global_series(run, "val/auroc") == {1: 0.4}
 
 
 def test_several_paths_write_into_the_current_directory(sweep: Path, tmp_path: Path, monkeypatch) -> None:
