@@ -53,19 +53,19 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def _print_differences(differences, title: str) -> None:
-    from rich.table import Table
-
+    """One line per difference, grouped by section: `  key: a → b`."""
     from flip.console import console
 
     if not differences:
-        console.print("no differences in config, environment or data", soft_wrap=True)
+        console.print("no differences in config, environment, data or metrics", soft_wrap=True)
         return
-    table = Table(title=title, show_lines=False)
-    for column in ("section", "key", "a", "b"):
-        table.add_column(column, overflow="fold")
+    console.print(title, soft_wrap=True, markup=False)
+    section = None
     for difference in differences:
-        table.add_row(difference.section, difference.key, _cell(difference.a), _cell(difference.b))
-    console.print(table)
+        if difference.section != section:
+            section = difference.section
+            console.print(f"[bold]{section}[/bold]")
+        console.print(f"  {difference.key}: {_cell(difference.a)} → {_cell(difference.b)}", soft_wrap=True, markup=False, highlight=False)
 
 
 def _cell(value) -> str:

@@ -1,4 +1,5 @@
-"""`flip report` over run directories written the way a real run and a Hydra sweep write them."""
+"""`flip report` over a real sweep, and over run directories laid out as runs and sweeps write them
+(to set each value the table and plot must show)."""
 
 from __future__ import annotations
 
@@ -130,6 +131,20 @@ def test_plot_is_a_readable_png(sweep: Path) -> None:
     assert report.png_path.read_bytes()[:8] == PNG_MAGIC
     image = matplotlib.image.imread(report.png_path)
     assert image.shape[0] > 0 and image.shape[1] > 0
+
+
+@pytest.mark.slow
+def test_a_real_sweep_is_one_row_per_job_with_its_metrics(simulation_sweep, tmp_path):
+    report = build_report([simulation_sweep], out_dir=tmp_path / "report")
+    assert [row["strategy"] for row in report.runs] == ["fedavg", "fedprox"]
+    summaries = [json.loads(path.read_text()) for path in sorted(simulation_sweep.glob("*/summary.json"))]
+    monitor = summaries[0]["monitor"]
+    for row, summary in zip(report.runs, summaries, strict=True):
+        assert row["status"] == "completed" and row["rounds"] == 1
+        assert row[f"final:{monitor}"] == summary["metrics"][monitor]
+        assert row["model_sha256"] == summary["model_sha256"][:12]
+    image = matplotlib.image.imread(report.png_path)
+    assert report.png_path.read_bytes()[:8] == PNG_MAGIC and image.shape[0] > 0
 
 
 def test_global_series_prefers_federated_then_server_then_site_mean(tmp_path: Path) -> None:

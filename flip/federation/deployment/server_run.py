@@ -138,6 +138,7 @@ def serve_run(grid: Any, context: Any) -> None:
     runs = Path(settings["runs_dir"])
     resume = str(run_config.get("flip-resume", ""))
     run_dir = resumed_run_dir(runs, resume, digest) if resume else new_run_dir(runs, recipe)
+    run_dir.mkdir(parents=True, exist_ok=True)
     print(RUN_DIR_MARK + str(run_dir), file=sys.stderr, flush=True)
     handler = _log_to(run_dir, recipe)
     overrides = [str(item) for item in json.loads(str(run_config.get("flip-overrides", "[]")))]
