@@ -28,7 +28,10 @@ def run_local(cfg: DictConfig, directory: RunDirectory) -> ModeResult:
     rounds_kept = EpochCheckpoints(directory, cfg.monitor, cfg.monitor_mode.name)
     plan = PrivacyPlan.from_config(cfg)
     private = plan.site_training(epsilon_cap=plan.max_epsilon)
-    trainer = build_trainer(cfg, callbacks=[rounds_kept, *private.callbacks], logger=MetricsRecorder(table, site))
+    # Checkpoints are the run directory's (EpochCheckpoints); Lightning's own would land in the cwd.
+    trainer = build_trainer(
+        cfg, callbacks=[rounds_kept, *private.callbacks], logger=MetricsRecorder(table, site), enable_checkpointing=False
+    )
     log.info("training on %s: %d train / %d val / %d test images", site, *datamodule.split_sizes)
     trainer.fit(model, datamodule=datamodule)
     rounds = trainer.current_epoch

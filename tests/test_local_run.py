@@ -19,6 +19,7 @@ pytestmark = pytest.mark.slow
 def test_default_recipe_writes_the_full_run_directory(local_run):
     run = local_run
     assert run.parent.parent.name == "runs" and run.name.endswith("_dicom_synthetic_local")
+    assert [path.name for path in run.parents[2].iterdir()] == ["runs"]  # nothing written beside the run directory
     for name in (".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml", "metrics.csv",
                  "summary.json", "manifest.json", "events.jsonl", "recipe.yaml", "checkpoints/best.ckpt",
                  "checkpoints/final.ckpt", "checkpoints/round_1.ckpt", "dicom_synthetic_local.log"):
