@@ -152,10 +152,10 @@ def simulation_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def simulation_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real 2-job sweep (strategy=fedavg,fedprox) of 1-round simulations: its sweep directory."""
+def local_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real 2-job sweep (seed=0,1) of local runs: its sweep directory."""
     cwd = tmp_path_factory.mktemp("sweep")
-    result = flip_cli(cwd, "run", *SIMULATION_OVERRIDES, "federation.num_rounds=1", "-m", "strategy=fedavg,fedprox")
+    result = flip_cli(cwd, "run", *FAST_OVERRIDES, "-m", "seed=0,1")
     assert result.returncode == 0, result.stderr[-3000:]
     (multirun,) = (cwd / "runs").rglob("multirun.yaml")
     return multirun.parent
