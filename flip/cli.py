@@ -179,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flip.cli_deployment import add_deployment_commands
 
     add_deployment_commands(commands)
+    from flip.cli_audit import add_audit_commands
+
+    add_audit_commands(commands)
     return parser
 
 

@@ -53,15 +53,23 @@ def launch(recipe: Path, overrides: list[str], multirun: bool = False, resume: b
     """Run `recipe` through `hydra.main`: run directory, `.hydra/`, logging and sweeps come from Hydra."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from flip.audit.sweep import record_job
 
     from flip.run import run
 
     def task(cfg: DictConfig) -> dict[str, Any]:
+        hydra = HydraConfig.get()
+        run_dir = Path(hydra.runtime.output_dir)
         try:
-            result = run(cfg, Path(HydraConfig.get().runtime.output_dir), recipe, resume=resume)
+            result = run(cfg, run_dir, recipe, resume=resume)
         except FlipError as error:
             log.error("%s", error)  # into the run's log file too
             raise _RunFailed(error) from error
+        finally:
+            if hydra.mode == RunMode.MULTIRUN:
+                record_job(Path(hydra.sweep.dir).resolve(), run_dir.resolve(), int(hydra.job.num))
         print_summary(result.summary, result.run_dir)
         return result.summary
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-from lightning.pytorch.callbacks import ModelCheckpoint
+import lightning as L
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
+
+from flip.audit.run_directory import BEST, ROUND_ENDED, RunDirectory, load_weights
 
 from flip.privacy.guarantee import statement
 from flip.privacy.plan import PrivacyPlan
@@ -17,37 +19,33 @@ from flip.run_types import ModeResult, SiteReport
 log = logging.getLogger(__name__)
 
 
-def run_local(cfg: DictConfig, run_dir: Path) -> ModeResult:
-    checkpoints = run_dir / "checkpoints"
+def run_local(cfg: DictConfig, directory: RunDirectory) -> ModeResult:
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
     site = datamodule.site_name
     model = build_model(cfg)
     table = MetricsTable()
-    best = ModelCheckpoint(
-        dirpath=checkpoints,
-        filename="best",
-        monitor=cfg.monitor,
-        mode=cfg.monitor_mode.name,
-        save_top_k=1,
-        auto_insert_metric_name=False,
-        enable_version_counter=False,
-    )
+    rounds_kept = EpochCheckpoints(directory, cfg.monitor, cfg.monitor_mode.name)
     plan = PrivacyPlan.from_config(cfg)
     private = plan.site_training(epsilon_cap=plan.max_epsilon)
-    trainer = build_trainer(cfg, callbacks=[best, *private.callbacks], logger=MetricsRecorder(table, site))
+    # Checkpoints are the run directory's (EpochCheckpoints); Lightning's own would land in the cwd.
+    trainer = build_trainer(
+        cfg, callbacks=[rounds_kept, *private.callbacks], logger=MetricsRecorder(table, site), enable_checkpointing=False
+    )
     log.info("training on %s: %d train / %d val / %d test images", site, *datamodule.split_sizes)
     trainer.fit(model, datamodule=datamodule)
     rounds = trainer.current_epoch
-    trainer.save_checkpoint(checkpoints / "final.ckpt")
-    final_hash = model_sha256(model.state_dict())
+    final_hash = directory.save_final(rounds, model.state_dict(), model.hparams)
 
     final_test = trainer.test(model, datamodule=datamodule, verbose=False)[0]
     for key, value in final_test.items():
         split, _, metric = key.partition("/")
         table.add(rounds, site, split, metric, value)
-    best_round = _best_round(best, table)
-    best_test = trainer.test(model, datamodule=datamodule, ckpt_path=best.best_model_path, verbose=False)[0]
+    best_round = rounds_kept.best_round
+    best_test = {}
+    if best_round:
+        model.load_state_dict(load_weights(directory.checkpoints / BEST))
+        best_test = trainer.test(model, datamodule=datamodule, verbose=False)[0]
     privacy = local_privacy(plan, private.spent())
     if privacy["epsilon"] is not None:
         table.add(rounds, site, "privacy", "epsilon", privacy["epsilon"])
@@ -61,6 +59,7 @@ def run_local(cfg: DictConfig, run_dir: Path) -> ModeResult:
         table=table,
         sites=[SiteReport.from_datamodule(datamodule)],
         privacy=privacy,
+        manifest_extra={"seeds": {"global": int(cfg.seed), "data": int(cfg.data.get("seed", cfg.seed))}},
     )
 
 
@@ -78,10 +77,25 @@ def local_privacy(plan: PrivacyPlan, spent: dict[str, float]) -> dict:
     }
 
 
-def _best_round(best: ModelCheckpoint, table: MetricsTable) -> int:
-    """The epoch whose monitored value the best checkpoint holds."""
-    metric = best.monitor.partition("/")[2]
-    for round_, _, split, name, value in table.rows:
-        if split == "val" and name == metric and value == float(best.best_model_score):
-            return round_
-    return 0
+class EpochCheckpoints(Callback):
+    """Each epoch is a round: its checkpoint, the best one so far and its `round_ended` event,
+    written through the run directory as a federated run's rounds are (round 0: the initial model)."""
+
+    def __init__(self, directory: RunDirectory, monitor: str, mode: str):
+        self.directory, self.monitor, self.mode = directory, monitor, mode
+        self.best_round, self.best_value = 0, None
+
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.directory.emit(ROUND_ENDED, round=0, model_sha256=model_sha256(module.state_dict()), metrics={})
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        round_ = trainer.current_epoch + 1
+        digest = self.directory.save_round(round_, module.state_dict(), module.hparams)
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is not None and (self.best_value is None or (value > self.best_value if self.mode == "max" else value < self.best_value)):
+            self.best_round, self.best_value = round_, float(value)
+            self.directory.mark_best(round_)
+        metrics = {key: float(value) for key, value in trainer.callback_metrics.items() if "/" in key}
+        self.directory.emit(ROUND_ENDED, round=round_, model_sha256=digest, metrics=metrics)

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import csv
-import json
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -18,12 +15,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from flip.audit.run_directory import METRICS, find_run_dirs, read_metric_rows, read_overrides, read_summary
 from flip.console import console as default_console
 from flip.errors import FlipError
 
-SUMMARY_FILE = "summary.json"
-METRICS_FILE = "metrics.csv"
-OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 RUN_COLUMNS = ("status", "mode", "rounds", "wall_time_s")
 # Shown when any run used a privacy mechanism: which one, and the epsilon it spent (if DP).
 PRIVACY_COLUMNS = ("privacy", "epsilon")
@@ -71,50 +66,8 @@ def _default_out_dir(paths: list[Path]) -> Path:
     return paths[0] if len(paths) == 1 else Path.cwd()
 
 
-def find_run_dirs(paths: list[Path]) -> list[Path]:
-    """Every folder holding a summary.json at or below `paths`, in natural order, each once."""
-    found: set[Path] = set()
-    for path in paths:
-        if not path.is_dir():
-            raise FlipError(f"not a directory: {path}")
-        matches = {summary.parent.resolve() for summary in path.rglob(SUMMARY_FILE)}
-        if not matches:
-            raise FlipError(f"no run directory (a folder with {SUMMARY_FILE}) found under {path}")
-        found |= matches
-    return sorted(found, key=_natural_key)
-
-
-def _natural_key(path: Path) -> list[Any]:
-    """Sort `2_seed=1` before `10_seed=1`: digit runs compare as numbers."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
-
-
 def _load_run(run_dir: Path) -> _Run:
-    return _Run(run_dir, _read_summary(run_dir / SUMMARY_FILE), read_overrides(run_dir))
-
-
-def _read_summary(path: Path) -> dict[str, Any]:
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise FlipError(f"cannot read run summary {path}: {error}") from error
-    if not isinstance(summary, dict):
-        raise FlipError(f"cannot read run summary {path}: expected a JSON object")
-    return summary
-
-
-def read_overrides(run_dir: Path) -> dict[str, str]:
-    """The run's Hydra overrides as {key: value}; `+`/`~` prefixes dropped, empty when absent."""
-    path = run_dir / OVERRIDES_FILE
-    if not path.is_file():
-        return {}
-    try:
-        items = yaml.safe_load(path.read_text(encoding="utf-8")) or []
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise FlipError(f"cannot read overrides {path}: {error}") from error
-    if not isinstance(items, list):
-        raise FlipError(f"cannot read overrides {path}: expected a YAML list")
-    return dict(_split_override(str(item)) for item in items)
+    return _Run(run_dir, read_summary(run_dir), dict(_split_override(item) for item in read_overrides(run_dir)))
 
 
 def _split_override(item: str) -> tuple[str, str]:
@@ -206,26 +159,25 @@ def _markdown_line(cells: list[str]) -> str:
     return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
 
-def global_series(metrics_csv: Path, monitor: str) -> dict[int, float]:
+def global_series(run_dir: Path, monitor: str) -> dict[int, float]:
     """{round: value} of `monitor` (`split/metric`): federated rows, else server rows, else the site mean."""
     split, _, metric = monitor.partition("/")
-    by_site = _monitor_rows(metrics_csv, split, metric)
+    by_site = _monitor_rows(run_dir, split, metric)
     for site in GLOBAL_SITES:
         if site in by_site:
             return by_site[site]
     return _mean_over_sites(by_site)
 
 
-def _monitor_rows(metrics_csv: Path, split: str, metric: str) -> dict[str, dict[int, float]]:
-    """{site: {round: value}} for one split/metric of a metrics.csv."""
+def _monitor_rows(run_dir: Path, split: str, metric: str) -> dict[str, dict[int, float]]:
+    """{site: {round: value}} for one split/metric of a run's metrics.csv."""
     by_site: dict[str, dict[int, float]] = defaultdict(dict)
-    try:
-        with metrics_csv.open(newline="", encoding="utf-8") as handle:
-            for row in csv.DictReader(handle):
-                if row["split"] == split and row["metric"] == metric:
-                    by_site[row["site"]][int(row["round"])] = float(row["value"])
-    except (OSError, KeyError, TypeError, ValueError) as error:
-        raise FlipError(f"cannot read metrics {metrics_csv}: {error}") from error
+    for row in read_metric_rows(run_dir):
+        if row["split"] == split and row["metric"] == metric:
+            try:
+                by_site[row["site"]][int(row["round"])] = float(row["value"])
+            except (TypeError, ValueError) as error:
+                raise FlipError(f"cannot read metrics {run_dir / METRICS}: {error}") from error
     return by_site
 
 
@@ -265,10 +217,9 @@ def _write_plot(runs: list[_Run], varying: list[str], path: Path) -> None:
 
 def _plot_series(run: _Run) -> dict[int, float]:
     monitor = run.summary.get("monitor")
-    metrics_csv = run.path / METRICS_FILE
-    if not monitor or not metrics_csv.is_file():
+    if not monitor or not (run.path / METRICS).is_file():
         return {}
-    return global_series(metrics_csv, monitor)
+    return global_series(run.path, monitor)
 
 
 def print_report(report: Report, console: Console | None = None) -> None:

@@ -11,6 +11,8 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from flip.audit.record import RunRecord, record_run
+from flip.audit.run_directory import RECIPE_COPY, RunDirectory, read_overrides
+from flip.audit.verify import RESOLVED_YAML
 from flip.config.allowlist import AllowList, entry_problems, target_problems
 from flip.experiment.rules import rule_problems
 from flip.errors import ConfigError, FlipError
@@ -20,25 +22,25 @@ from flip.run_types import ModeResult
 log = logging.getLogger(__name__)
 
 
-def _local(cfg: DictConfig, run_dir: Path) -> ModeResult:
+def _local(cfg: DictConfig, directory: RunDirectory) -> ModeResult:
     from flip.local import run_local
     from flip.training import configure_torch
 
     configure_torch(cfg)
 
-    return run_local(cfg, run_dir)
+    return run_local(cfg, directory)
 
 
-def _simulation(cfg: DictConfig, run_dir: Path, resume: bool = False) -> ModeResult:
+def _simulation(cfg: DictConfig, directory: RunDirectory, resume: bool = False) -> ModeResult:
     from flip.federation.simulation import run_simulation_mode
 
-    return run_simulation_mode(cfg, run_dir, resume=resume)
+    return run_simulation_mode(cfg, directory, resume=resume)
 
 
-def _deployment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> ModeResult:
+def _deployment(cfg: DictConfig, directory: RunDirectory, resume: bool = False) -> ModeResult:
     from flip.federation.deployment.runner import run_deployment_mode
 
-    return run_deployment_mode(cfg, run_dir, resume=resume)
+    return run_deployment_mode(cfg, directory.path, resume=resume)
 
 
 RUNNERS: dict[str, Callable[..., ModeResult]] = {"local": _local, "simulation": _simulation, "deployment": _deployment}
@@ -77,9 +79,24 @@ def run(cfg: DictConfig, run_dir: Path, recipe: Path | None = None, resume: bool
     mode = cfg.federation.mode
     if resume and mode == "local":
         raise FlipError("--resume continues a federated run; a local run has no rounds to resume")
-    record = RunRecord(mode=mode, config_sha256=config_sha256(cfg), seed=cfg.seed, monitor=cfg.monitor, recipe=recipe, resumed=resume)
+    record = RunRecord(
+        mode=mode,
+        config_sha256=config_sha256(cfg),
+        seed=cfg.seed,
+        monitor=cfg.monitor,
+        recipe=recipe,
+        resumed=resume,
+        manifest_extra={
+            "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+            "config_file": {"path": ".hydra/config.yaml", "hash": RESOLVED_YAML},
+            "overrides": read_overrides(run_dir),
+        },
+    )
     runner = RUNNERS[mode]
-    body = partial(runner, cfg, run_dir, resume=True) if resume else partial(runner, cfg, run_dir)
-    summary = record_run(run_dir, record, body)
-    log.info("run directory: %s", run_dir)
+    body = partial(runner, cfg, resume=True) if resume else partial(runner, cfg)
+    log.info("run directory: %s", run_dir)  # before the records close: the log file is one of them
+    directory = RunDirectory(run_dir)
+    if recipe is not None and not resume:
+        directory.write_bytes(RECIPE_COPY, recipe.read_bytes())
+    summary = record_run(directory, record, body)
     return RunResult(run_dir, summary)

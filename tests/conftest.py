@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from flip.paths import CONF_DIR, RECIPES_DIR
+
+# A shell that starts pytest in the background (`cmd &` without job control) leaves SIGINT
+# ignored, and every process a test starts would inherit that and sleep through the Ctrl-C the
+# interrupt tests send: those processes get the default disposition back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Tiny settings that keep an end-to-end run to seconds.
 FAST_OVERRIDES = [
@@ -107,3 +116,46 @@ def site_node_context(cfg, index: int, folder: Path):
     write_site_files(folder, simulated_sites(cfg))
     node_config = {"site-config": str(folder / f"{index}.json")}
     return Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config={})
+
+
+def flip_cli(cwd: Path, *args: str, timeout: float = 600) -> "subprocess.CompletedProcess[str]":
+    """`python -m flip.cli ARGS` in `cwd`, its output captured."""
+    return subprocess.run([sys.executable, "-m", "flip.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def flip_run_dir(cwd: Path, *args: str) -> Path:
+    """`flip run ARGS` in `cwd`; the run directory it made (under cwd/runs), once it succeeded."""
+    before = set((cwd / "runs").rglob("manifest.json"))
+    result = flip_cli(cwd, "run", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (manifest,) = set((cwd / "runs").rglob("manifest.json")) - before
+    return manifest.parent
+
+
+# A 2-site, 2-round simulation of the flagship recipe, at the size of FAST_OVERRIDES.
+SIMULATION_OVERRIDES = ["dicom_synthetic_fedavg", *FAST_OVERRIDES, "federation.num_sites=2", "federation.num_rounds=2",
+                        "federation.server_eval_site=site-3"]
+
+
+@pytest.fixture(scope="session")
+def local_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real local run of the default recipe (tests that change it work on a copy)."""
+    return flip_run_dir(tmp_path_factory.mktemp("local-run"), *FAST_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def simulation_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real simulation of 2 sites for 2 rounds (tests that change it work on a copy), with
+    the label-skew options on: kept optimizer state goes through Flower's per-node state."""
+    extra = ("federation.keep_optimizer_state=true", "model.logit_adjustment=1.0")
+    return flip_run_dir(tmp_path_factory.mktemp("simulation-run"), *SIMULATION_OVERRIDES, *extra)
+
+
+@pytest.fixture(scope="session")
+def local_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real 2-job sweep (seed=0,1) of local runs: its sweep directory."""
+    cwd = tmp_path_factory.mktemp("sweep")
+    result = flip_cli(cwd, "run", *FAST_OVERRIDES, "-m", "seed=0,1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (multirun,) = (cwd / "runs").rglob("multirun.yaml")
+    return multirun.parent

@@ -27,7 +27,18 @@ def smoke_overrides(recipe) -> list[str]:
     return [*SIMULATION, "privacy.secagg.reconstruction_threshold=2"] if "secagg" in text else SIMULATION
 
 
-@pytest.mark.parametrize("recipe", recipe_files(), ids=lambda p: p.stem)
+# Recipes another test already runs end to end at this size, and where.
+RUN_ELSEWHERE = {
+    "dicom_synthetic_local": "tests/test_local_run.py (the session's local_run)",
+    "dicom_synthetic_fedavg": "tests/federation/test_startup.py, tests/federation/test_simulation.py",
+}
+
+
+def test_recipes_run_elsewhere_exist():
+    assert set(RUN_ELSEWHERE) <= {recipe.stem for recipe in recipe_files()}
+
+
+@pytest.mark.parametrize("recipe", [r for r in recipe_files() if r.stem not in RUN_ELSEWHERE], ids=lambda p: p.stem)
 def test_recipe_runs_locally(recipe, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "flip.cli", "run", str(recipe), *smoke_overrides(recipe)],

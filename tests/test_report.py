@@ -1,4 +1,5 @@
-"""`flip report` over run directories written the way a real run and a Hydra sweep write them."""
+"""`flip report` over a real sweep, and over run directories laid out as runs and sweeps write them
+(to set each value the table and plot must show)."""
 
 from __future__ import annotations
 
@@ -132,15 +133,30 @@ def test_plot_is_a_readable_png(sweep: Path) -> None:
     assert image.shape[0] > 0 and image.shape[1] > 0
 
 
+@pytest.mark.slow
+def test_a_real_sweep_is_one_row_per_job_with_its_metrics(local_sweep, tmp_path):
+    report = build_report([local_sweep], out_dir=tmp_path / "report")
+    assert [row["seed"] for row in report.runs] == ["0", "1"]
+    summaries = [json.loads(path.read_text()) for path in sorted(local_sweep.glob("*/summary.json"))]
+    monitor = summaries[0]["monitor"]
+    for row, summary in zip(report.runs, summaries, strict=True):
+        assert row["status"] == "completed" and row["rounds"] == 1
+        assert row[f"final:{monitor}"] == summary["metrics"][monitor]
+        assert row["model_sha256"] == summary["model_sha256"][:12]
+    image = matplotlib.image.imread(report.png_path)
+    assert report.png_path.read_bytes()[:8] == PNG_MAGIC and image.shape[0] > 0
+
+
 def test_global_series_prefers_federated_then_server_then_site_mean(tmp_path: Path) -> None:
     path = tmp_path / "metrics.csv"
+    run = tmp_path
     site_rows = [(1, "a", "val", "auroc", 0.6), (1, "b", "val", "auroc", 0.8), (2, "a", "val", "auroc", 0.9)]
     write_csv(path, site_rows)
-    assert global_series(path, "val/auroc") == pytest.approx({1: 0.7, 2: 0.9})
+    assert global_series(run, "val/auroc") == pytest.approx({1: 0.7, 2: 0.9})
     write_csv(path, [*site_rows, (1, "server", "val", "auroc", 0.5)])
-    assert global_series(path, "val/auroc") == {1: 0.5}
+    assert global_series(run, "val/auroc") == {1: 0.5}
     write_csv(path, [*site_rows, (1, "server", "val", "auroc", 0.5), (1, "federated", "val", "auroc", 0.4)])
-    assert global_series(path, "val/auroc") == {1: 0.4}
+    assert global_series(run, "val/auroc") == {1: 0.4}
 
 
 def test_several_paths_write_into_the_current_directory(sweep: Path, tmp_path: Path, monkeypatch) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import subprocess
 import sys
@@ -14,6 +15,10 @@ from typing import Any
 import flip
 from flip.paths import PACKAGE_DIR
 
+# Raised when what a manifest holds changes; a flip reads manifests of this format or older.
+MANIFEST_FORMAT = 1
+# Environment variables that set thread counts (and so summation order) before torch starts.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ATEN_CPU_CAPABILITY")
 KEY_PACKAGES = ("flip-fl", "torch", "lightning", "flwr", "hydra-core", "omegaconf", "torchmetrics", "pydicom")
 
 
@@ -22,7 +27,11 @@ def now_iso() -> str:
 
 
 def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def installed_distributions() -> dict[str, str]:
@@ -46,9 +55,34 @@ def git_state(directory: Path) -> dict[str, Any] | None:
     return {"commit": commit, "dirty": dirty}
 
 
+def run_environment() -> dict[str, Any]:
+    """What decides float results beyond the seed, as this process ran: torch's thread counts,
+    deterministic-algorithm flag and the CPU instruction set its kernels use."""
+    torch = sys.modules.get("torch")
+    environment: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "env": {name: os.environ[name] for name in THREAD_VARIABLES if name in os.environ},
+    }
+    if torch is not None:  # a deployment's `flip run` trains nothing: torch may not be loaded
+        environment["torch"] = {
+            "version": torch.__version__,
+            "num_threads": torch.get_num_threads(),
+            "num_interop_threads": torch.get_num_interop_threads(),
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        }
+    return environment
+
+
 def start_manifest(*, recipe: Path | None, config_sha256: str, seed: int, mode: str) -> dict[str, Any]:
     distributions = installed_distributions()
     return {
+        "format": MANIFEST_FORMAT,
         "flip_version": flip.__version__,
         "mode": mode,
         "recipe": str(recipe) if recipe else None,

@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from flip.audit.manifest import now_iso, start_manifest
-from flip.results import write_json
-from flip.run_types import ModeResult
+from flip.audit.manifest import now_iso, run_environment, start_manifest
+from flip.audit.run_directory import MANIFEST, ROUND_ENDED, RUN_ENDED, RUN_STARTED, SUMMARY, RunDirectory, read_events
+from flip.run_types import ModeResult, SiteReport
 
 
 @dataclass
@@ -33,11 +33,11 @@ class RunRecord:
 
 
 def _manifest(run_dir: Path, record: RunRecord) -> dict[str, Any]:
-    path = run_dir / "manifest.json"
+    path = run_dir / MANIFEST
     if record.resumed and path.is_file():
         manifest = json.loads(path.read_text(encoding="utf-8"))
         manifest.setdefault("resumes", []).append({"at": now_iso(), "previous_status": manifest.get("status")})
-        for key in ("error", "finished_at"):
+        for key in ("error", "finished_at", "files"):
             manifest.pop(key, None)
     else:
         manifest = start_manifest(recipe=record.recipe, config_sha256=record.config_sha256, seed=record.seed, mode=record.mode)
@@ -47,28 +47,33 @@ def _manifest(run_dir: Path, record: RunRecord) -> dict[str, Any]:
     return manifest
 
 
-def record_run(run_dir: Path, record: RunRecord, body: Callable[[], ModeResult]) -> dict[str, Any]:
+def record_run(directory: RunDirectory, record: RunRecord, body: Callable[[RunDirectory], ModeResult]) -> dict[str, Any]:
     """Run `body` with the manifest saying `running`, then write every record; returns the summary.
 
     A failure or an interrupt is written to the manifest (`failed` with the error, or
-    `interrupted`) and raised again.
+    `interrupted`) and raised again. The completed manifest ends with the sha256 of every other
+    file in the directory, so nothing is written into it afterwards.
     """
+    run_dir = directory.path
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = _manifest(run_dir, record)
     manifest["status"] = "running"
-    write_json(run_dir / "manifest.json", manifest)
+    directory.write_json(MANIFEST, manifest)
+    directory.emit(RUN_STARTED, mode=record.mode, config_sha256=record.config_sha256, seed=record.seed, resumed=record.resumed)
     started = time.perf_counter()
     try:
-        result = body()
+        result = body(directory)
     except BaseException as error:
         status = "interrupted" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "failed"
         manifest.update(record.manifest_extra)
         manifest.update(status=status, error=f"{type(error).__name__}: {error}", finished_at=now_iso())
-        write_json(run_dir / "manifest.json", manifest)
+        directory.emit(RUN_ENDED, status=status, error=manifest["error"])
+        manifest["environment"] = run_environment()
+        directory.write_json(MANIFEST, manifest)
         raise
     wall_time = time.perf_counter() - started
 
-    result.table.write_csv(run_dir / "metrics.csv")
+    directory.write_metrics(result.table)
     recipe = record.recipe.stem if record.recipe else record.recipe_name
     summary = {
         "mode": record.mode,
@@ -89,7 +94,8 @@ def record_run(run_dir: Path, record: RunRecord, body: Callable[[], ModeResult])
         "stop_reason": result.stop_reason,
         "wall_time_s": round(wall_time, 3),
     }
-    write_json(run_dir / "summary.json", summary)
+    directory.write_json(SUMMARY, summary)
+    directory.emit(RUN_ENDED, status="completed", rounds=result.rounds, model_sha256=result.model_sha256, metrics=result.metrics)
     manifest.update(record.manifest_extra)  # the body may have added to it (e.g. the sites' versions)
     manifest.update(result.manifest_extra)
     manifest.update(
@@ -97,7 +103,34 @@ def record_run(run_dir: Path, record: RunRecord, body: Callable[[], ModeResult])
         finished_at=now_iso(),
         model_sha256=result.model_sha256,
         privacy=result.privacy,
-        data={site.site: {"fingerprint": site.fingerprint, "items": site.found} for site in result.sites},
+        data={site.site: data_record(site) for site in result.sites},
+        models=model_records(directory, result),
+        environment=run_environment(),
     )
-    write_json(run_dir / "manifest.json", manifest)
+    manifest["files"] = directory.file_hashes()
+    directory.write_json(MANIFEST, manifest)
     return summary
+
+
+def data_record(site: SiteReport) -> dict[str, Any]:
+    """A site's data as the manifest keeps it: counts, label counts (those a site sends: at least
+    its k) and the fingerprint, sha256 over the sorted per-item content hashes."""
+    return {
+        "fingerprint": site.fingerprint,
+        "items": site.found,
+        "skipped": site.skipped,
+        "split_sizes": list(site.split_sizes),
+        "label_counts": dict(site.label_counts),
+    }
+
+
+def model_records(directory: RunDirectory, result: ModeResult) -> dict[str, Any]:
+    """sha256 of the global model after every round (0: the initial one), the final and the best."""
+    rounds = {int(event["round"]): event["model_sha256"] for event in read_events(directory.path) if event["event"] == ROUND_ENDED}
+    best_round = result.best_metrics.get("round")
+    return {
+        "rounds": {str(round_): rounds[round_] for round_ in sorted(rounds)},
+        "final": result.model_sha256,
+        "best_round": best_round,
+        "best": rounds.get(best_round) if isinstance(best_round, int) else None,
+    }

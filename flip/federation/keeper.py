@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
-from importlib.metadata import version
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from rich.progress import Progress
 
+from flip.audit.run_directory import ROUND_ENDED, SITE_FAILED, RunDirectory
 from flip.privacy.accounting import PrivacyLedger
-from flip.results import MetricsTable
+from flip.results import MetricsTable, model_sha256
 from flip.run_types import SiteReport
 
 if TYPE_CHECKING:  # loads on first use: the simulation driver starts Flower before it
@@ -58,27 +56,11 @@ def site_record(report: SiteReport, min_cohort: int = 1) -> ConfigRecord:
     )
 
 
-def save_weights_checkpoint(hparams: dict[str, Any], state: dict[str, torch.Tensor], path: Path, round_: int) -> None:
-    """A checkpoint `Model.load_from_checkpoint` reads: weights plus the model's hyperparameters."""
-    import torch
-
-    torch.save(
-        {
-            "state_dict": state,
-            "hyper_parameters": dict(hparams),
-            "pytorch-lightning_version": version("lightning"),
-            "epoch": round_,
-            "global_step": round_,
-        },
-        path,
-    )
-
-
 @dataclass
 class RoundKeeper:
     """Implements flip's RoundObserver and the end-of-round bookkeeping."""
 
-    checkpoints: Path
+    run_directory: RunDirectory
     monitor: str
     monitor_mode: str
     num_rounds: int
@@ -116,7 +98,9 @@ class RoundKeeper:
 
     def site_failed(self, server_round: int, phase: str, site: int, error: str) -> None:
         log.error("round %d: %s failed in %s: %s", server_round, self.name(site), phase, error)
-        self.failures.append({"round": server_round, "site": self.name(site), "phase": phase, "error": error})
+        failure = {"round": server_round, "site": self.name(site), "phase": phase, "error": error}
+        self.failures.append(failure)
+        self.run_directory.emit(SITE_FAILED, **failure)
 
     def train_replies(self, server_round: int, replies: list[tuple[int, Message]]) -> None:
         site_metrics = {}
@@ -166,16 +150,25 @@ class RoundKeeper:
                 split, _, metric = key.partition("/")
                 self.table.add(server_round, SERVER, split, metric, value)
         if server_round == 0:
+            self.run_directory.emit(ROUND_ENDED, round=0, model_sha256=model_sha256(state), metrics=self._round_metrics(0))
             self._round_started = time.perf_counter()
             return
-        path = self.checkpoints / f"round_{server_round}.ckpt"
-        save_weights_checkpoint(self.hparams, state, path, server_round)
+        digest = self.run_directory.save_round(server_round, state, self.hparams)
         value = self.monitored(server_round)
         if value is not None and (self.best_value is None or self._better(value, self.best_value)):
             self.best_round, self.best_value = server_round, value
-            shutil.copyfile(path, self.checkpoints / "best.ckpt")
+            self.run_directory.mark_best(server_round)
+        self.run_directory.emit(ROUND_ENDED, round=server_round, model_sha256=digest, metrics=self._round_metrics(server_round))
         self._advance(server_round, value)
         self._round_started = time.perf_counter()
+
+    def _round_metrics(self, server_round: int) -> dict[str, float]:
+        """The round's global metrics (federated aggregates and the server's own) and each site's."""
+        return {
+            f"{site}:{split}/{metric}": value
+            for round_, site, split, metric, value in self.table.rows
+            if round_ == server_round and split != "time"
+        }
 
     def resume_at(self, server_round: int, arrays: ArrayRecord) -> None:
         """A resumed run starts from round `server_round`'s weights (its records are restored already)."""

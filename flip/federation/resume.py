@@ -9,8 +9,8 @@ the uninterrupted run used and the final weights are the same.
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from omegaconf import DictConfig
 
+from flip.audit.run_directory import CHECKPOINTS, RunDirectory, load_weights, round_checkpoint
 from flip.errors import FlipError
 from flip.results import MetricsTable
 from flip.run_types import SiteReport
@@ -94,19 +95,13 @@ def restore_strategy(strategy: Any, flat: dict[str, np.ndarray]) -> None:
         setattr(strategy, name, value)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-
-
-def save_point(checkpoints: Path, keeper: RoundKeeper, strategy: Any, server_round: int) -> None:
+def save_point(run_directory: RunDirectory, keeper: RoundKeeper, strategy: Any, server_round: int) -> None:
     """Record the state after `server_round`, once its checkpoint is written."""
     flat = _strategy_arrays(strategy)
     if flat:
-        temporary = checkpoints / (STRATEGY_FILE + ".tmp.npz")
-        np.savez(temporary, **flat)
-        os.replace(temporary, checkpoints / STRATEGY_FILE)
+        buffer = io.BytesIO()
+        np.savez(buffer, **flat)
+        run_directory.write_bytes(f"{CHECKPOINTS}/{STRATEGY_FILE}", buffer.getvalue())
     records = {
         "round": server_round,
         "best_round": keeper.best_round,
@@ -118,17 +113,17 @@ def save_point(checkpoints: Path, keeper: RoundKeeper, strategy: Any, server_rou
         "table": keeper.table.rows,
         "has_strategy_state": bool(flat),
     }
-    _write_atomic(checkpoints / RESUME_FILE, json.dumps(records, default=float))
+    run_directory.write_bytes(f"{CHECKPOINTS}/{RESUME_FILE}", json.dumps(records, default=float).encode())
 
 
 def load_point(run_dir: Path) -> ResumePoint:
     """The last completed round of the run in `run_dir`, or FlipError saying what is missing."""
-    checkpoints = run_dir / "checkpoints"
+    checkpoints = run_dir / CHECKPOINTS
     file = checkpoints / RESUME_FILE
     if not file.is_file():
         raise FlipError(f"{run_dir}: no completed round to resume from (no checkpoints/{RESUME_FILE})")
     records = json.loads(file.read_text(encoding="utf-8"))
-    checkpoint = checkpoints / f"round_{records['round']}.ckpt"
+    checkpoint = checkpoints / round_checkpoint(int(records["round"]))
     if not checkpoint.is_file():
         raise FlipError(f"{run_dir}: checkpoints/{RESUME_FILE} names round {records['round']}, but {checkpoint.name} is missing")
     strategy: dict[str, np.ndarray] = {}
@@ -151,6 +146,4 @@ def restore_keeper(keeper: RoundKeeper, point: ResumePoint) -> None:
 
 
 def checkpoint_weights(point: ResumePoint) -> dict:
-    import torch
-
-    return torch.load(point.checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    return load_weights(point.checkpoint)

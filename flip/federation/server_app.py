@@ -169,7 +169,7 @@ def serve(
             return
         keeper.end_round(server_round + offset, arrays)
         if server_round > 0:
-            save_point(keeper.checkpoints, keeper, flip_strategy, server_round + offset)
+            save_point(keeper.run_directory, keeper, flip_strategy, server_round + offset)
 
     try:
         outcome.result = strategy.start(

@@ -17,17 +17,18 @@ from typing import TYPE_CHECKING, Iterator
 from omegaconf import DictConfig
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from flip.audit.run_directory import RunDirectory
 from flip.console import console
 from flip.data import synthetic_root
 from flip.errors import FlipError
-from flip.federation.keeper import FEDERATED, SERVER, RoundKeeper, save_weights_checkpoint
+from flip.federation.keeper import FEDERATED, SERVER, RoundKeeper
 from flip.federation.resume import ResumePoint, load_point, resume_problems
+from flip.federation.seeds import run_seeds
 from flip.federation.simulated_sites import simulated_site_names, simulated_site_settings, write_site_files
 from flip.federation.site_config import SIMULATION_SITES_ENV
 from flip.interrupts import interrupts_reach_main_thread
 from flip.privacy.accounting import PrivacyLedger
 from flip.privacy.plan import PrivacyPlan
-from flip.results import model_sha256
 from flip.run_types import ModeResult
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ def _server_evaluator(cfg: DictConfig):
     return lambda state: evaluate_model(cfg, server_datamodule(cfg), state)
 
 
-def server_side(cfg: DictConfig, checkpoints: Path, progress: Progress | None) -> RoundKeeper:
+def server_side(cfg: DictConfig, run_directory: RunDirectory, progress: Progress | None) -> RoundKeeper:
     """The server's own start-up: its records, its evaluator and the shared inputs.
 
     It runs in the ServerApp while the sites start theirs (Ray, site processes, their imports).
@@ -111,7 +112,7 @@ def server_side(cfg: DictConfig, checkpoints: Path, progress: Progress | None) -
     import torch  # noqa: F401  (the keeper's checkpoints need it: loaded here, it overlaps the sites' start)
 
     keeper = RoundKeeper(
-        checkpoints=checkpoints,
+        run_directory=run_directory,
         monitor=cfg.monitor,
         monitor_mode=getattr(cfg.monitor_mode, "name", str(cfg.monitor_mode)),  # an enum, or a received config's text
         num_rounds=cfg.federation.num_rounds,
@@ -127,7 +128,7 @@ def server_side(cfg: DictConfig, checkpoints: Path, progress: Progress | None) -
     return keeper
 
 
-def run_simulation_mode(cfg: DictConfig, run_dir: Path, resume: bool = False) -> ModeResult:
+def run_simulation_mode(cfg: DictConfig, run_directory: RunDirectory, resume: bool = False) -> ModeResult:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # Flower's state database logs its set-up
     from flwr.simulation import run_simulation
 
@@ -135,9 +136,7 @@ def run_simulation_mode(cfg: DictConfig, run_dir: Path, resume: bool = False) ->
     from flip.federation.server_app import ServerOutcome, build_server_app
 
     federation = cfg.federation
-    checkpoints = run_dir / "checkpoints"
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    point = resume_point(cfg, run_dir) if resume else None
+    point = resume_point(cfg, run_directory.path) if resume else None
     names = simulated_site_names(cfg)
     sites = simulated_site_settings(cfg, names)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console)
@@ -147,12 +146,14 @@ def run_simulation_mode(cfg: DictConfig, run_dir: Path, resume: bool = False) ->
     with flower_sandbox() as scratch, progress, interrupts_reach_main_thread():
         os.environ[SIMULATION_SITES_ENV] = str(write_site_files(scratch / "sites", sites))
         run_simulation(
-            server_app=build_server_app(cfg, names, partial(server_side, cfg, checkpoints, shown), outcome, point),
+            server_app=build_server_app(cfg, names, partial(server_side, cfg, run_directory, shown), outcome, point),
             client_app=client_app,
             num_supernodes=federation.num_sites,
             backend_config=backend_config(cfg, scratch),
         )
-    return federation_result(outcome, checkpoints)
+    result = federation_result(outcome)
+    result.manifest_extra["seeds"] = run_seeds(cfg, names, result.rounds)
+    return result
 
 
 def resume_point(cfg: DictConfig, run_dir: Path) -> ResumePoint:
@@ -163,15 +164,15 @@ def resume_point(cfg: DictConfig, run_dir: Path) -> ResumePoint:
     return load_point(run_dir)
 
 
-def federation_result(outcome: ServerOutcome, checkpoints: Path) -> ModeResult:
+def federation_result(outcome: ServerOutcome) -> ModeResult:
     """The final model (`final.ckpt`) and what the server recorded, once the rounds are done."""
     keeper = outcome.keeper
     if keeper is None or keeper.last_state is None or keeper.last_round == 0:
         reason = outcome.stop_reason or "no round was aggregated (see the run log)"
         raise FlipError(f"the federation produced no model: {reason}")
     # The latest global model: the last round's, or the one before a round the budget forbade.
-    save_weights_checkpoint(keeper.hparams, keeper.last_state, checkpoints / "final.ckpt", keeper.last_round)
-    result = mode_result(keeper, keeper.last_round, model_sha256(keeper.last_state))
+    digest = keeper.run_directory.save_final(keeper.last_round, keeper.last_state, keeper.hparams)
+    result = mode_result(keeper, keeper.last_round, digest)
     result.stop_reason = outcome.stop_reason
     return result
 

@@ -7,7 +7,6 @@ site's files once, not every round.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import warnings
@@ -19,6 +18,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from flip.federation.seeds import site_seed
 from flip.federation.site_config import SiteSettings
 from flip.privacy.plan import PrivacyPlan
 from flip.results import config_sha256
@@ -134,13 +134,6 @@ class ResumedSchedule(Callback):
                 for _ in range(done // config.frequency):
                     config.scheduler.step()
         self.lr = float(trainer.optimizers[0].param_groups[0]["lr"])
-
-
-def site_seed(cfg: DictConfig, server_round: int, name: str) -> int:
-    """The seed of a site's round: from the run's seed, the round and the site's name (the same
-    name, and so the same seed, wherever the site runs)."""
-    salt = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
-    return (cfg.seed * 1_000_003 + server_round * 1_009 + salt) % 2**32
 
 
 def _model_with(cfg: DictConfig, state: StateDict) -> L.LightningModule:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from flip.audit.verify import verify
+
 from tests.federation.deployment_helpers import (
     Flip,
     assert_all_gone,
@@ -106,7 +108,7 @@ def simulated(tmp_path_factory: pytest.TempPathFactory) -> dict:
     result = subprocess.run([sys.executable, "-m", "flip.cli", "run", RECIPE, *simulation_overrides(ROUNDS)], cwd=folder, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = run_dirs(folder)
-    return json.loads((run / "summary.json").read_text())
+    return {**json.loads((run / "summary.json").read_text()), "run_dir": str(run)}
 
 
 @pytest.fixture
@@ -117,6 +119,10 @@ def cleanup():
     yield started.append
     for process in started:
         stopped(process)
+
+
+def simulated_dir(simulated: dict) -> Path:
+    return Path(simulated["run_dir"])
 
 
 def _server_run_dir(local: Path) -> Path:
@@ -146,6 +152,12 @@ def test_a_tls_federation_of_two_authenticated_sites_matches_the_simulation(fede
     manifest = json.loads((server_dir / "manifest.json").read_text())
     assert manifest["status"] == "completed" and manifest["site_versions"] == {"site-1": "0.1.0", "site-2": "0.1.0"}
     assert not any("--token" in part for part in manifest["command"])
+    # Both run directories are sealed: the server's, with every round's model, and the researcher's.
+    server_verdict, local_verdict = verify(server_dir), verify(local)
+    assert server_verdict.ok and local_verdict.ok, server_verdict.failures + local_verdict.failures
+    simulated_rounds = json.loads((simulated_dir(simulated) / "manifest.json").read_text())["models"]["rounds"]
+    assert manifest["models"]["rounds"] == simulated_rounds and len(simulated_rounds) == ROUNDS + 1
+    assert set(manifest["seeds"]["sites"]) == {"site-1", "site-2"}
     # `flip runs` lists it as completed.
     connection = ["--superlink", f"127.0.0.1:{federation.port}", "--ca", str(federation.certs / "ca.pem")]
     listed = _cli(federation.folder, federation.tag, "runs", *connection)
@@ -262,6 +274,7 @@ def test_a_simulation_stopped_after_round_1_resumes_to_the_same_model(simulated,
     cleanup(runner)
     resume = wait_until(lambda: next((tmp_path / "runs").rglob("resume.json"), None), 300, "round 1 of the simulation")
     assert runner.stop(signal.SIGINT) == 130, runner.output()[-3000:]
+    assert "flip: interrupted" in runner.output()
     run_dir = resume.parent.parent
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "interrupted"
     stopped_at = json.loads(resume.read_text())["round"]

@@ -23,6 +23,7 @@ from scipy.optimize import minimize_scalar
 from flip.experiment.recipes import resolve_recipe
 from flip.privacy.schema import SitePolicy
 from flip.experiment.validate import validate
+from flip.audit.run_directory import RunDirectory
 from flip.federation.keeper import RoundKeeper
 from flip.privacy.accounting import PrivacyBudgetSpent, PrivacyLedger, projected_run_epsilon
 from flip.privacy.central import PoissonSampled, poisson_draws
@@ -332,7 +333,7 @@ def test_a_round_that_samples_no_site_still_releases_noise_and_is_accounted(monk
     grid = in_memory_grid(monkeypatch, 3)
     plan = plan_for("dp_client_fixed", 3, "privacy.neighbours=add_remove", "privacy.sampling_rate=0.2")
     empty = next(r for r in range(1, 100) if (poisson_draws(plan.seed, r, 3) >= 0.2).all())
-    keeper = RoundKeeper(checkpoints=tmp_path, monitor="val/auroc", monitor_mode="max", num_rounds=empty, ledger=PrivacyLedger(plan))
+    keeper = RoundKeeper(run_directory=RunDirectory(tmp_path), monitor="val/auroc", monitor_mode="max", num_rounds=empty, ledger=PrivacyLedger(plan))
     inner = FedAvg(fraction_evaluate=0.0, weighted_by_key=UNIFORM_WEIGHT)
     inner.flip = type("Settings", (), {"observer": keeper})()
     strategy = plan.wrap_strategy(inner)

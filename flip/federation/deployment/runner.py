@@ -19,6 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from flip.audit.run_directory import RunDirectory
 from flip.errors import FlipError
 from flip.federation.deployment.control import Control, ca_bytes
 from flip.federation.deployment.server_run import RESULT_MARK, RUN_DIR_MARK
@@ -122,7 +123,7 @@ def _receipt(run_dir: Path, **fields: Any) -> dict[str, Any]:
     path = run_dir / RECEIPT
     receipt = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     receipt.update(fields)
-    path.write_text(json.dumps(receipt, indent=1), encoding="utf-8")
+    RunDirectory(run_dir).write_json(RECEIPT, receipt)
     return receipt
 
 

@@ -22,6 +22,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from flip.audit.record import RunRecord, record_run
+from flip.audit.run_directory import SHIPPED_CONFIG, RunDirectory
+from flip.audit.verify import FILE_BYTES
 from flip.config.allowlist import AllowList, target_problems
 from flip.config.checks import strip_markers
 from flip.experiment.rules import rule_problems
@@ -30,6 +32,7 @@ from flip.privacy.schema import SitePolicy
 from flip.errors import ConfigError, FlipError
 from flip.federation.deployment.polling import PollingGrid
 from flip.federation.deployment.server_home import ServerHome
+from flip.federation.seeds import run_seeds
 from flip.federation.shipping import unpack_config
 from flip.federation.site_config import SiteSettings, site_run_config
 from flip.federation.trust import marker_problems
@@ -108,11 +111,12 @@ def _log_to(run_dir: Path, recipe: str) -> logging.Handler:
     return file
 
 
-def _write_hydra(run_dir: Path, cfg: DictConfig, overrides: list[str]) -> None:
-    hydra = run_dir / ".hydra"
-    hydra.mkdir(parents=True, exist_ok=True)
-    (hydra / "config.yaml").write_text(OmegaConf.to_yaml(cfg), encoding="utf-8")
-    (hydra / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(overrides)), encoding="utf-8")
+def _write_config(directory: RunDirectory, cfg: DictConfig, text: str, overrides: list[str]) -> None:
+    """The run's config as the server received it (its sha256 is the run's config hash) and, for
+    readers of Hydra's layout, as `.hydra/` files."""
+    directory.write_bytes(SHIPPED_CONFIG, text.encode())
+    directory.write_bytes(".hydra/config.yaml", OmegaConf.to_yaml(cfg).encode())
+    directory.write_bytes(".hydra/overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)).encode())
 
 
 def serve_run(grid: Any, context: Any) -> None:
@@ -134,13 +138,13 @@ def serve_run(grid: Any, context: Any) -> None:
     runs = Path(settings["runs_dir"])
     resume = str(run_config.get("flip-resume", ""))
     run_dir = resumed_run_dir(runs, resume, digest) if resume else new_run_dir(runs, recipe)
-    checkpoints = run_dir / "checkpoints"
-    checkpoints.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     print(RUN_DIR_MARK + str(run_dir), file=sys.stderr, flush=True)
     handler = _log_to(run_dir, recipe)
+    overrides = [str(item) for item in json.loads(str(run_config.get("flip-overrides", "[]")))]
     site_names = list(cfg.federation.site_names) or home.site_names(int(cfg.federation.num_sites))
     if not resume:
-        _write_hydra(run_dir, cfg, json.loads(str(run_config.get("flip-overrides", "[]"))))
+        _write_config(RunDirectory(run_dir), cfg, text, overrides)
     outcome = ServerOutcome()
     extra = {
         "command": ["flwr-serverapp", f"run {context.run_id}"],  # its argv holds the run's token
@@ -148,6 +152,9 @@ def serve_run(grid: Any, context: Any) -> None:
         "server_run_dir": str(run_dir),
         "site_names": site_names,
         "requested_by": {"flip_version": str(run_config.get("flip-version", "?"))},
+        "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        "config_file": {"path": SHIPPED_CONFIG, "hash": FILE_BYTES},
+        "overrides": overrides,
     }
     record = RunRecord(
         mode="deployment",
@@ -160,16 +167,18 @@ def serve_run(grid: Any, context: Any) -> None:
         resumed=bool(resume),
     )
 
-    def body():
+    def body(run_directory: RunDirectory):
         point = resume_point(cfg, run_dir) if resume else None
         log.info("serving %s across %s for %d rounds", recipe, ", ".join(site_names), cfg.federation.num_rounds)
-        serve(PollingGrid(grid), cfg, site_names, partial(server_side, cfg, checkpoints, None), outcome, point, (text, digest))
+        serve(PollingGrid(grid), cfg, site_names, partial(server_side, cfg, run_directory, None), outcome, point, (text, digest))
         extra["site_versions"] = outcome.site_versions
-        return federation_result(outcome, checkpoints)
+        result = federation_result(outcome)
+        result.manifest_extra["seeds"] = run_seeds(cfg, site_names, result.rounds)
+        return result
 
     started = time.perf_counter()
     try:
-        summary = record_run(run_dir, record, body)
+        summary = record_run(RunDirectory(run_dir), record, body)
     except BaseException as error:
         log.error("run failed: %s", error)
         raise

@@ -85,6 +85,25 @@ def test_fingerprint_tracks_labels_but_not_patients(synthetic_root, synthetic_si
     assert changed.fingerprint != synthetic_site.fingerprint
 
 
+def test_fingerprint_follows_content_not_file_names_or_order(synthetic_root, synthetic_site, tmp_path):
+    site = shutil.copytree(synthetic_root / "site-1", tmp_path / "site-1", ignore=shutil.ignore_patterns("fhir", "notes"))
+    files = sorted((site / "dicom").rglob("*.dcm"))
+    for number, path in enumerate(files):  # every file renamed, listed in reverse order
+        path.rename(path.with_name(f"renamed-{len(files) - number}.dcm"))
+    rows = list(csv.DictReader((site / "labels.csv").open()))
+    write_csv(site / "labels.csv", [{key: value for key, value in row.items() if key != "path"} for row in reversed(rows)])
+    renamed = DicomDataModule(min_samples=1, root=site, image_size=32)
+    renamed.setup()
+    assert renamed.fingerprint == synthetic_site.fingerprint and renamed.num_items_found == synthetic_site.num_items_found
+    one = next((site / "dicom").rglob("*.dcm"))
+    ds = pydicom.dcmread(one)
+    ds.PixelData = ds.pixel_array[::-1].tobytes()  # one input file's content changes
+    ds.save_as(one)
+    changed = DicomDataModule(min_samples=1, root=site, image_size=32)
+    changed.setup()
+    assert changed.fingerprint != synthetic_site.fingerprint
+
+
 def test_real_files_load_and_bad_files_are_skipped_with_reasons(real_folder, caplog):
     dm = DicomDataModule(min_samples=1, root=real_folder, key_column="path", image_size=16, val_fraction=0.0, test_fraction=0.0)
     with caplog.at_level(logging.WARNING, logger="flip.data"):
