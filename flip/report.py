@@ -22,6 +22,9 @@ from flip.errors import FlipError
 RUN_COLUMNS = ("status", "mode", "rounds", "wall_time_s")
 # Shown when any run used a privacy mechanism: which one, and the epsilon it spent (if DP).
 PRIVACY_COLUMNS = ("privacy", "epsilon")
+# What the table leads with for each run, after its name and the overrides that differ: the
+# monitored metric (its final value, its best and the round of the best), then cost.
+HEADLINE_COLUMNS = ("status", "monitor", "final", "best", "best_round", "wall_time_s")
 # Site names whose rows already hold the global value, most preferred first.
 GLOBAL_SITES = ("federated", "server")
 
@@ -31,7 +34,8 @@ class Report:
     """The compared runs (one dict per run, keyed by column) and the files written."""
 
     runs: list[dict[str, Any]]
-    columns: list[str]
+    columns: list[str]  # every column: report.csv
+    headline: list[str]  # what differs and the monitored metric: report.md and the terminal
     csv_path: Path
     md_path: Path
     png_path: Path
@@ -50,16 +54,24 @@ def build_report(paths: list[Path], out_dir: Path | None = None) -> Report:
     """Find every run under `paths` and write report.csv, report.md and report.png into `out_dir`."""
     paths = [Path(path) for path in paths]
     out_dir = Path(out_dir) if out_dir is not None else _default_out_dir(paths)
-    runs = [_load_run(run_dir) for run_dir in find_run_dirs(paths)]
+    runs = load_runs(paths)
     varying = differing_keys([run.overrides for run in runs])
     columns = _columns(runs, varying)
     rows = [_row(run, varying, out_dir) for run in runs]
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = Report(rows, columns, out_dir / "report.csv", out_dir / "report.md", out_dir / "report.png")
+    privacy = [column for column in PRIVACY_COLUMNS if column in columns]
+    headline = ["run", *varying, *HEADLINE_COLUMNS, *privacy]
+    report = Report(rows, [*columns, *(c for c in HEADLINE_COLUMNS if c not in columns)], headline,
+                    out_dir / "report.csv", out_dir / "report.md", out_dir / "report.png")
     _write_csv(report)
     _write_markdown(report)
-    _write_plot(runs, varying, report.png_path)
+    monitor_figure(runs, varying).savefig(report.png_path, dpi=100)
     return report
+
+
+def load_runs(paths: list[Path]) -> list[_Run]:
+    """Every run directory with a summary at or below `paths`, read."""
+    return [_load_run(run_dir) for run_dir in find_run_dirs(paths)]
 
 
 def _default_out_dir(paths: list[Path]) -> Path:
@@ -115,6 +127,9 @@ def _row(run: _Run, varying: list[str], out_dir: Path) -> dict[str, Any]:
     row.update({f"final:{key}": value for key, value in (summary.get("metrics") or {}).items()})
     row.update({f"best:{key}": value for key, value in (summary.get("best_metrics") or {}).items()})
     row["model_sha256"] = (summary.get("model_sha256") or "")[:12]
+    monitor = summary.get("monitor")
+    best = summary.get("best_metrics") or {}
+    row.update(monitor=monitor, final=(summary.get("metrics") or {}).get(monitor), best=best.get(monitor), best_round=best.get("round"))
     return row
 
 
@@ -146,11 +161,11 @@ def _write_markdown(report: Report) -> None:
     lines = [
         "# flip report",
         "",
-        f"{len(report.runs)} run(s).",
+        f"{len(report.runs)} run(s); every metric, final and best, is in {report.csv_path.name}.",
         "",
-        _markdown_line(report.columns),
-        _markdown_line(["---"] * len(report.columns)),
-        *(_markdown_line([format_cell(row.get(column)) for column in report.columns]) for row in report.runs),
+        _markdown_line(report.headline),
+        _markdown_line(["---"] * len(report.headline)),
+        *(_markdown_line([format_cell(row.get(column)) for column in report.headline]) for row in report.runs),
     ]
     report.md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -195,24 +210,40 @@ def _run_label(run: _Run, varying: list[str]) -> str:
     return ", ".join(f"{key}={run.overrides.get(key, '')}" for key in varying)
 
 
-def _write_plot(runs: list[_Run], varying: list[str], path: Path) -> None:
-    """One line per run of its global monitor metric against the round."""
+def monitor_figure(runs: list[_Run], varying: list[str]) -> Figure:
+    """The monitored metric per round, one line per run; a bar per run when no run has more than
+    one round (a line of one point says nothing)."""
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     monitors = sorted({run.summary["monitor"] for run in runs if run.summary.get("monitor")})
-    for run in runs:
-        series = _plot_series(run)
-        if series:
-            rounds = sorted(series)
-            axes.plot(rounds, [series[r] for r in rounds], marker="o", label=_run_label(run, varying))
-    axes.set_xlabel("round")
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_ylabel(", ".join(monitor.partition("/")[2] or monitor for monitor in monitors))
-    axes.set_title(f"global {', '.join(monitors)} per round" if monitors else "no monitored metric")
-    if axes.lines:
-        axes.legend(fontsize="small")
-    figure.savefig(path, dpi=100)
+    series = {id(run): _plot_series(run) for run in runs}
+    metric = ", ".join(monitor.partition("/")[2] or monitor for monitor in monitors)
+    if max((len(points) for points in series.values()), default=0) <= 1:
+        labelled = [(_run_label(run, varying), next(iter(series[id(run)].values()))) for run in runs if series[id(run)]]
+        bars = axes.bar([label for label, _ in labelled], [value for _, value in labelled])
+        axes.bar_label(bars, fmt="%.4f", fontsize="small")
+        axes.tick_params(axis="x", labelrotation=20 if len(labelled) > 3 else 0, labelsize="small")
+        axes.set_ylabel(metric)
+        axes.set_title(f"global {', '.join(monitors)} (one round)" if monitors else "no monitored metric")
+    else:
+        rounds_seen: set[int] = set()
+        for run in runs:
+            points = series[id(run)]
+            if points:
+                rounds = sorted(points)
+                rounds_seen |= set(rounds)
+                axes.plot(rounds, [points[r] for r in rounds], marker="o", label=_run_label(run, varying))
+        axes.set_xlabel("round")
+        if len(rounds_seen) <= 20:
+            axes.set_xticks(sorted(rounds_seen))
+        else:
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_ylabel(metric)
+        axes.set_title(f"global {', '.join(monitors)} per round" if monitors else "no monitored metric")
+        if axes.lines:
+            axes.legend(fontsize="small")
+    return figure
 
 
 def _plot_series(run: _Run) -> dict[int, float]:
@@ -226,9 +257,9 @@ def print_report(report: Report, console: Console | None = None) -> None:
     """The report table in the terminal, followed by where its files are."""
     console = console or default_console
     table = Table(title=f"flip report · {len(report.runs)} run(s)")
-    for column in report.columns:
+    for column in report.headline:
         table.add_column(column, justify="left" if column == "run" else "right")
     for row in report.runs:
-        table.add_row(*(Text(format_cell(row.get(column))) for column in report.columns))
+        table.add_row(*(Text(format_cell(row.get(column))) for column in report.headline))
     console.print(table)
     console.print(f"wrote {report.csv_path}, {report.md_path}, {report.png_path}", markup=False)

@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 from flip.errors import FlipError
-from flip.report import build_report, global_series, print_report
+from flip.report import build_report, global_series, load_runs, monitor_figure, print_report
 
 ROUNDS = 3
 SITES = ("site-0", "site-1")
@@ -116,14 +116,32 @@ def test_csv_holds_final_and_best_metrics(sweep: Path) -> None:
         assert row["model_sha256"] == f"{seed}{strategy}".ljust(12, "0")
 
 
-def test_markdown_holds_title_count_and_table(sweep: Path) -> None:
+def test_markdown_leads_with_what_differs_and_the_monitored_metric(sweep: Path) -> None:
     report = build_report([sweep])
     text = report.md_path.read_text(encoding="utf-8")
     assert text.startswith("# flip report")
-    assert "4 run(s)" in text
-    assert "| run | strategy | seed | status |" in text
-    expected = f"| 3_seed=2,strategy=fedprox | fedprox | 2 | completed | simulation | 3 | 12.3000 | {auroc('fedprox', 2, 3) - 0.01:.4f} |"
-    assert expected in text
+    assert "4 run(s); every metric, final and best, is in report.csv." in text
+    header = "| run | strategy | seed | status | monitor | final | best | best_round | wall_time_s |"
+    assert header in text
+    final, best = auroc("fedprox", 2, 3), auroc("fedprox", 2, 2) + 0.01
+    assert f"| 3_seed=2,strategy=fedprox | fedprox | 2 | completed | val/auroc | {final:.4f} | {best:.4f} | 2 | 12.3000 |" in text
+    assert "val/accuracy" not in text and "model_sha256" not in text  # those stay in the CSV
+    assert {"final:val/accuracy", "model_sha256", "final", "best_round"} <= set(read_report_csv(sweep / "report.csv")[0])
+
+
+def test_runs_of_several_rounds_plot_lines_on_whole_rounds(sweep: Path) -> None:
+    axes = monitor_figure(load_runs([sweep]), ["strategy", "seed"]).axes[0]
+    assert len(axes.lines) == 4 and not axes.patches
+    assert list(axes.get_xticks()) == [1, 2, 3]
+
+
+def test_single_round_runs_are_a_bar_chart(sweep: Path) -> None:
+    for run_dir in sweep.iterdir():
+        if run_dir.is_dir():
+            write_csv(run_dir / "metrics.csv", [(1, "federated", "val", "auroc", auroc("fedavg", 1, 1))])
+    axes = monitor_figure(load_runs([sweep]), ["strategy", "seed"]).axes[0]
+    assert len(axes.patches) == 4 and not axes.lines
+    assert [tick.get_text() for tick in axes.get_xticklabels()][0] == "strategy=fedavg, seed=1"
 
 
 def test_plot_is_a_readable_png(sweep: Path) -> None:
