@@ -9,7 +9,6 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
 from flip.audit.run_directory import BEST, ROUND_ENDED, RunDirectory, load_weights
-
 from flip.privacy.guarantee import statement
 from flip.privacy.plan import PrivacyPlan
 from flip.results import MetricsTable, model_sha256

@@ -74,8 +74,8 @@ HOSTILE: list[Hostile] = [
         "the_issue_example_writes_a_file",
         (
             "model.scheduler._target_: 'flip.results.write_json' is not an allowed learning-rate scheduler",
-            f"model.scheduler.path._target_: _target_ is only allowed where a component is configured",
-            f"model.scheduler.path._args_: _args_ is only allowed where a component is configured",
+            "model.scheduler.path._target_: _target_ is only allowed where a component is configured",
+            "model.scheduler.path._args_: _args_ is only allowed where a component is configured",
             SLOTS,
             NAMES,
         ),
