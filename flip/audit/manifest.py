@@ -90,6 +90,7 @@ def start_manifest(*, recipe: Path | None, config_sha256: str, seed: int, mode: 
         "config_sha256": config_sha256,
         "seed": seed,
         "command": sys.argv,
+        "cwd": os.getcwd(),  # where relative paths in the config point from
         "started_at": now_iso(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),

@@ -17,7 +17,7 @@ from typing import Any
 from flip.audit.compare import Difference, config_differences, data_differences, environment_differences
 from flip.audit.manifest import file_sha256, now_iso
 from flip.audit.run_directory import RECIPE_COPY
-from flip.audit.verify import load_manifest
+from flip.audit.verify import load_manifest, verify
 from flip.errors import FlipError
 
 
@@ -70,12 +70,18 @@ def reproduce(run_dir: Path, out: Path | None = None, quiet: bool = False) -> Re
     if manifest.get("mode") == "deployment":
         raise FlipError(f"{run_dir}: a deployment trained at its sites; reproduce it as a simulation of the same recipe, or on the same federation")
     recipe, notes = rerun_recipe(run_dir, manifest)
+    verdict = verify(run_dir)
+    notes += [f"the run directory fails verify: {failure}" for failure in verdict.failures]
+    cwd = Path(manifest.get("cwd") or ".")
+    if not cwd.is_dir():
+        notes.append(f"the run's working directory {cwd} is gone: relative paths in its config now point from {Path.cwd()}")
+        cwd = Path.cwd()
     out = Path(out).resolve() if out else run_dir.with_name(f"{run_dir.name}-reproduced-{now_iso().replace(':', '')}")
     if out.exists() and any(out.iterdir()):
         raise FlipError(f"{out}: exists and is not empty; reproduce writes a new run directory")
     overrides = [o for o in manifest.get("overrides") or [] if not o.startswith("hydra.run.dir=")]
     command = [sys.executable, "-m", "flip.cli", "run", str(recipe), *overrides, f"hydra.run.dir={out}"]
-    completed = subprocess.run(command, env=rerun_environment(manifest), capture_output=quiet, text=True)
+    completed = subprocess.run(command, cwd=cwd, env=rerun_environment(manifest), capture_output=quiet, text=True)
     if completed.returncode != 0:
         tail = (completed.stderr or "")[-2000:] if quiet else ""
         raise FlipError(f"the rerun failed (exit {completed.returncode}); its run directory is {out}\n{tail}".rstrip())
