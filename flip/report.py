@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from rich.text import Text
 
 from flip.audit.run_directory import METRICS, find_run_dirs, read_metric_rows, read_overrides, read_summary
 from flip.console import console as default_console
+from flip.plots import global_of, series_by_site
 from flip.errors import FlipError
 
 RUN_COLUMNS = ("status", "mode", "rounds", "wall_time_s")
@@ -25,8 +25,6 @@ PRIVACY_COLUMNS = ("privacy", "epsilon")
 # What the table leads with for each run, after its name and the overrides that differ: the
 # monitored metric (its final value, its best and the round of the best), then cost.
 HEADLINE_COLUMNS = ("status", "monitor", "final", "best", "best_round", "wall_time_s")
-# Site names whose rows already hold the global value, most preferred first.
-GLOBAL_SITES = ("federated", "server")
 
 
 @dataclass
@@ -177,31 +175,11 @@ def _markdown_line(cells: list[str]) -> str:
 def global_series(run_dir: Path, monitor: str) -> dict[int, float]:
     """{round: value} of `monitor` (`split/metric`): federated rows, else server rows, else the site mean."""
     split, _, metric = monitor.partition("/")
-    by_site = _monitor_rows(run_dir, split, metric)
-    for site in GLOBAL_SITES:
-        if site in by_site:
-            return by_site[site]
-    return _mean_over_sites(by_site)
-
-
-def _monitor_rows(run_dir: Path, split: str, metric: str) -> dict[str, dict[int, float]]:
-    """{site: {round: value}} for one split/metric of a run's metrics.csv."""
-    by_site: dict[str, dict[int, float]] = defaultdict(dict)
-    for row in read_metric_rows(run_dir):
-        if row["split"] == split and row["metric"] == metric:
-            try:
-                by_site[row["site"]][int(row["round"])] = float(row["value"])
-            except (TypeError, ValueError) as error:
-                raise FlipError(f"cannot read metrics {run_dir / METRICS}: {error}") from error
-    return by_site
-
-
-def _mean_over_sites(by_site: dict[str, dict[int, float]]) -> dict[int, float]:
-    per_round: dict[int, list[float]] = defaultdict(list)
-    for series in by_site.values():
-        for round_, value in series.items():
-            per_round[round_].append(value)
-    return {round_: sum(values) / len(values) for round_, values in per_round.items()}
+    try:
+        rows = [(int(r["round"]), r["site"], r["split"], r["metric"], float(r["value"])) for r in read_metric_rows(run_dir)]
+    except (TypeError, ValueError) as error:
+        raise FlipError(f"cannot read metrics {run_dir / METRICS}: {error}") from error
+    return global_of(series_by_site(rows, split, metric))
 
 
 def _run_label(run: _Run, varying: list[str]) -> str:

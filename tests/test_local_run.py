@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 
+import matplotlib.image
 import pytest
 import torch
 
@@ -21,7 +22,8 @@ def test_default_recipe_writes_the_full_run_directory(local_run):
     assert [path.name for path in run.parents[2].iterdir()] == ["runs"]  # nothing written beside the run directory
     for name in (".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml", "metrics.csv",
                  "summary.json", "manifest.json", "events.jsonl", "recipe.yaml", "checkpoints/best.ckpt",
-                 "checkpoints/final.ckpt", "checkpoints/round_1.ckpt", "dicom_synthetic_local.log"):
+                 "checkpoints/final.ckpt", "checkpoints/round_1.ckpt", "dicom_synthetic_local.log",
+                 "plots/monitor.png", "plots/loss.png"):
         assert (run / name).is_file(), name
 
     summary = json.loads((run / "summary.json").read_text())
@@ -42,6 +44,10 @@ def test_default_recipe_writes_the_full_run_directory(local_run):
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert set(rows[0]) == {"round", "site", "split", "metric", "value"}
     assert {(row["split"], row["metric"]) for row in rows} >= {("train", "loss"), ("val", "auroc"), ("test", "accuracy")}
+
+    assert not (run / "plots" / "privacy.png").exists()  # no privacy accounted, nothing to plot
+    image = matplotlib.image.imread(run / "plots" / "monitor.png")
+    assert image.shape[0] > 100 and image.shape[1] > 100
 
     # The final checkpoint holds exactly the weights whose hash the summary reports.
     final = ImageClassifier.load_from_checkpoint(run / "checkpoints" / "final.ckpt", weights_only=True)

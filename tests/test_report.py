@@ -13,6 +13,7 @@ import pytest
 from rich.console import Console
 
 from flip.errors import FlipError
+from flip.plots import run_plots
 from flip.report import build_report, global_series, load_runs, monitor_figure, print_report
 
 ROUNDS = 3
@@ -163,6 +164,20 @@ def test_a_real_sweep_is_one_row_per_job_with_its_metrics(local_sweep, tmp_path)
         assert row["model_sha256"] == summary["model_sha256"][:12]
     image = matplotlib.image.imread(report.png_path)
     assert report.png_path.read_bytes()[:8] == PNG_MAGIC and image.shape[0] > 0
+
+
+def test_run_plots_draw_the_global_line_and_each_site(tmp_path: Path) -> None:
+    rows = [(r, site, "val", "auroc", 0.5 + 0.1 * r + offset) for r in (1, 2, 3) for site, offset in (("a", 0.0), ("b", 0.02))]
+    rows += [(r, "federated", "val", "auroc", 0.51 + 0.1 * r) for r in (1, 2, 3)]
+    rows += [(r, "server", "val", "auroc", 0.45 + 0.1 * r) for r in (1, 2, 3)]
+    figures = run_plots(rows, "val/auroc")
+    assert set(figures) == {"monitor.png", "loss.png"}
+    axes = figures["monitor.png"].axes[0]
+    labels = [line.get_label() for line in axes.lines]
+    assert labels == ["val/auroc · a", "val/auroc · b", "val/auroc · server", "val/auroc · global"]
+    assert list(axes.lines[-1].get_ydata()) == pytest.approx([0.61, 0.71, 0.81]) and list(axes.get_xticks()) == [1, 2, 3]
+    with_privacy = run_plots([*rows, (1, "federated", "privacy", "epsilon", 1.5)], "val/auroc")
+    assert "privacy.png" in with_privacy
 
 
 def test_global_series_prefers_federated_then_server_then_site_mean(tmp_path: Path) -> None:

@@ -74,6 +74,10 @@ def record_run(directory: RunDirectory, record: RunRecord, body: Callable[[RunDi
     wall_time = time.perf_counter() - started
 
     directory.write_metrics(result.table)
+    from flip.plots import plot_files  # matplotlib: loaded once the rounds are done, not at start-up
+
+    for name, png in plot_files(result.table.rows, record.monitor).items():
+        directory.write_bytes(name, png)
     recipe = record.recipe.stem if record.recipe else record.recipe_name
     summary = {
         "mode": record.mode,

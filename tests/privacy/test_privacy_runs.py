@@ -85,3 +85,7 @@ def test_add_remove_run_poisson_samples_its_sites_and_accounts_every_round(tmp_p
     assert trained == expected
     assert sorted(sum(r == n for r, _ in expected) for n in range(1, rounds + 1)) == [0, 1, 2]  # seed 10: 1, 0, 2 sites
     assert [row["round"] for row in rows if row["metric"] == "epsilon"] == [str(r) for r in range(1, rounds + 1)]
+    # The privacy spent per round is plotted beside the metrics.
+    plots = summary_path.parent / "plots"
+    assert sorted(path.name for path in plots.iterdir()) == ["loss.png", "monitor.png", "privacy.png"]
+    assert all(path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for path in plots.iterdir())
