@@ -37,6 +37,7 @@ def run_local(cfg: DictConfig, directory: RunDirectory) -> ModeResult:
     final_hash = directory.save_final(rounds, model.state_dict(), model.hparams)
 
     final_test = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+    final_counts = dict(getattr(model, "score_counts", {}))
     for key, value in final_test.items():
         split, _, metric = key.partition("/")
         table.add(rounds, site, split, metric, value)
@@ -58,6 +59,7 @@ def run_local(cfg: DictConfig, directory: RunDirectory) -> ModeResult:
         table=table,
         sites=[SiteReport.from_datamodule(datamodule)],
         privacy=privacy,
+        score_counts=final_counts,
         manifest_extra={"seeds": {"global": int(cfg.seed), "data": int(cfg.data.get("seed", cfg.seed))}},
     )
 

@@ -117,7 +117,27 @@ def png_bytes(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def plot_files(rows: list[Row], monitor: str) -> dict[str, bytes]:
-    """`plots/<name>.png` -> PNG bytes, for the run directory's writer."""
-    return {f"{PLOTS}/{name}": png_bytes(figure) for name, figure in run_plots(rows, monitor).items()}
+def roc_figure(positives: list[int], negatives: list[int], title: str) -> Figure:
+    """The ROC curve from score counts per bin, with its AUROC."""
+    from flip.pooled_metrics import auroc, roc_curve
+
+    fpr, tpr = roc_curve(positives, negatives)
+    figure, axes = _figure(title)
+    area = auroc(positives, negatives)
+    axes.plot(fpr, tpr, linewidth=2, label=f"AUROC {area:.4f}" if area is not None else "one class only")
+    axes.plot([0, 1], [0, 1], linestyle=":", color="grey")
+    axes.set_xlabel("false positive rate")
+    axes.set_ylabel("true positive rate")
+    axes.set_aspect("equal")
+    axes.legend(loc="lower right", fontsize="small")
+    return figure
+
+
+def plot_files(rows: list[Row], monitor: str, test_counts: tuple[list[int], list[int]] | None = None) -> dict[str, bytes]:
+    """`plots/<name>.png` -> PNG bytes, for the run directory's writer; with the final model's
+    test score counts (pooled over sites), its ROC curve too."""
+    figures = run_plots(rows, monitor)
+    if test_counts is not None:
+        figures["roc.png"] = roc_figure(*test_counts, "ROC of the final model on the test split(s)")
+    return {f"{PLOTS}/{name}": png_bytes(figure) for name, figure in figures.items()}
 

@@ -50,5 +50,7 @@ class ModeResult:
     stop_reason: str | None = None
     # Federated runs: each site's own train/val/test metrics of the last round, by site name.
     site_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    # The final model's score counts per split, pooled over sites: (positives, negatives) per bin.
+    score_counts: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)
     # What the mode adds to manifest.json (a deployment: the server's run id and run directory).
     manifest_extra: dict[str, Any] = field(default_factory=dict)

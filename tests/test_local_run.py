@@ -23,7 +23,7 @@ def test_default_recipe_writes_the_full_run_directory(local_run):
     for name in (".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml", "metrics.csv",
                  "summary.json", "manifest.json", "events.jsonl", "recipe.yaml", "checkpoints/best.ckpt",
                  "checkpoints/final.ckpt", "checkpoints/round_1.ckpt", "dicom_synthetic_local.log",
-                 "plots/monitor.png", "plots/loss.png"):
+                 "plots/monitor.png", "plots/loss.png", "plots/roc.png"):
         assert (run / name).is_file(), name
 
     summary = json.loads((run / "summary.json").read_text())

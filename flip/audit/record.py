@@ -76,7 +76,7 @@ def record_run(directory: RunDirectory, record: RunRecord, body: Callable[[RunDi
     directory.write_metrics(result.table)
     from flip.plots import plot_files  # matplotlib: loaded once the rounds are done, not at start-up
 
-    for name, png in plot_files(result.table.rows, record.monitor).items():
+    for name, png in plot_files(result.table.rows, record.monitor, result.score_counts.get("test")).items():
         directory.write_bytes(name, png)
     recipe = record.recipe.stem if record.recipe else record.recipe_name
     summary = {

@@ -18,7 +18,7 @@ from flwr.client.mod.utils import make_ffn
 from flwr.clientapp import ClientApp
 
 import flip
-from flip.federation.keeper import site_record
+from flip.federation.keeper import COUNT_KINDS, SCORE_COUNTS, site_record
 from flip.federation.site_config import node_site_settings
 from flip.federation.strategy import WITHHELD
 from flip.federation.trust import AcceptedRun, accept_run, refusal
@@ -69,6 +69,10 @@ def _reply(message: Message, reply: SiteReply, run: AcceptedRun, extra: dict[str
     )
     if reply.state is not None:
         content["arrays"] = ArrayRecord(reply.state)
+    if reply.score_counts:  # counts per score bin and class, never a per-item score
+        content[SCORE_COUNTS] = ConfigRecord(  # a MetricRecord would be a second one: Flower allows one
+            {f"{split}/{kind}": list(values) for split, pair in reply.score_counts.items() for kind, values in zip(COUNT_KINDS, pair)}
+        )
     return Message(content, reply_to=message)
 
 

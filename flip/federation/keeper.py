@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+import numpy as np
 
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from rich.progress import Progress
 
 from flip.audit.run_directory import ROUND_ENDED, SITE_FAILED, RunDirectory
 from flip.privacy.accounting import PrivacyLedger
+from flip.pooled_metrics import auroc as pooled_auroc
 from flip.results import MetricsTable, model_sha256
 from flip.run_types import SiteReport
 
@@ -19,9 +22,32 @@ if TYPE_CHECKING:  # loads on first use: the simulation driver starts Flower bef
     import torch
 
 log = logging.getLogger(__name__)
+# A site's evaluate reply may carry its score counts per bin and class (flip.pooled_metrics).
+SCORE_COUNTS = "score-counts"
+COUNT_KINDS = ("positives", "negatives")
 FEDERATED = "federated"
 SERVER = "server"
 PRIVACY = "privacy"
+
+
+def pooled_counts(messages: Iterable[Message]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per split, the sum over sites of their score counts (sites that sent none add nothing)."""
+    pooled: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for message in messages:
+        if SCORE_COUNTS not in message.content:
+            continue
+        counts = message.content[SCORE_COUNTS]
+        for key in counts:
+            split, _, kind = key.partition("/")
+            if kind != COUNT_KINDS[0] or f"{split}/{COUNT_KINDS[1]}" not in counts:
+                continue
+            positives, negatives = np.asarray(counts[key], dtype=np.int64), np.asarray(counts[f"{split}/{COUNT_KINDS[1]}"], dtype=np.int64)
+            if split in pooled:
+                if len(pooled[split][0]) != len(positives):
+                    continue  # another flip's bins: not comparable
+                positives, negatives = pooled[split][0] + positives, pooled[split][1] + negatives
+            pooled[split] = (positives, negatives)
+    return pooled
 
 
 def site_report_of(message: Message) -> SiteReport:
@@ -71,6 +97,8 @@ class RoundKeeper:
     failures: list[dict[str, Any]] = field(default_factory=list)
     withheld: list[dict[str, Any]] = field(default_factory=list)
     sites: dict[int, SiteReport] = field(default_factory=dict)
+    # The pooled score counts of the last evaluated round, per split: (positives, negatives).
+    score_counts: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)
     best_round: int = 0
     best_value: float | None = None
     # The latest global weights and their round: what a run stopped early keeps.
@@ -130,10 +158,18 @@ class RoundKeeper:
                     sums = totals.setdefault(key, [0.0, 0.0])
                     sums[0] += weight * float(value)
                     sums[1] += weight
+        pooled = pooled_counts(message for _, message in replies)
         for key, (weighted, weight) in totals.items():
             split, _, metric = key.partition("/")
+            if metric == "auroc" and split in pooled:  # of the pooled predictions, not a mean of sites'
+                value = pooled_auroc(*pooled[split])
+                if value is not None:
+                    self.table.add(server_round, FEDERATED, split, metric, value)
+                    continue
             if weight > 0:
                 self.table.add(server_round, FEDERATED, split, metric, weighted / weight)
+        if pooled:
+            self.score_counts = {split: (list(map(int, p)), list(map(int, n))) for split, (p, n) in pooled.items()}
 
     # -- end of round (Flower's evaluate_fn slot: called after round 0 and after every round)
 

@@ -174,6 +174,7 @@ def federation_result(outcome: ServerOutcome) -> ModeResult:
     digest = keeper.run_directory.save_final(keeper.last_round, keeper.last_state, keeper.hparams)
     result = mode_result(keeper, keeper.last_round, digest)
     result.stop_reason = outcome.stop_reason
+    result.score_counts = keeper.score_counts
     return result
 
 

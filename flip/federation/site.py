@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
@@ -38,6 +38,8 @@ class SiteReply:
     report: SiteReport
     # The optimizer state the site keeps for its next round (never sent).
     optimizer_state: bytes | None = None
+    # Per evaluated split: (positives, negatives) per score bin (flip.pooled_metrics), two classes only.
+    score_counts: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)
 
 
 def _sha_of(*nodes: Any) -> str:
@@ -201,6 +203,11 @@ def train_round(
 
 def evaluate_model(cfg: DictConfig, datamodule: L.LightningDataModule, state: StateDict) -> dict[str, float]:
     """val/* and test/* metrics of the weights `state` on a set-up data module."""
+    return _evaluate(cfg, datamodule, state)[0]
+
+
+def _evaluate(cfg: DictConfig, datamodule: L.LightningDataModule, state: StateDict) -> tuple[dict[str, float], dict]:
+    """The metrics, and the score counts per split (two classes), of the weights `state`."""
     quiet_lightning()
     model = _model_with(cfg, state)
     trainer = build_trainer(cfg, [], logger=False, enable_checkpointing=False, enable_progress_bar=False)
@@ -208,13 +215,13 @@ def evaluate_model(cfg: DictConfig, datamodule: L.LightningDataModule, state: St
     for run in (trainer.validate, trainer.test):
         for key, value in run(model, datamodule=datamodule, verbose=False)[0].items():
             metrics[key] = float(value)
-    return metrics
+    return metrics, dict(getattr(model, "score_counts", {}))
 
 
 def evaluate_round(cfg: DictConfig, site: SiteSettings, global_state: StateDict) -> SiteReply:
     """The global weights evaluated on `site`'s validation and test splits."""
     datamodule = site_datamodule(cfg, site)
-    metrics = evaluate_model(cfg, datamodule, global_state)
+    metrics, counts = _evaluate(cfg, datamodule, global_state)
     _, n_val, n_test = datamodule.split_sizes
     report = SiteReport.from_datamodule(datamodule, site.name)
-    return SiteReply(None, {**metrics, "val/n": n_val, "test/n": n_test}, n_val, report)
+    return SiteReply(None, {**metrics, "val/n": n_val, "test/n": n_test}, n_val, report, score_counts=counts)

@@ -17,10 +17,11 @@ import lightning as L
 import torch
 from torch import nn
 
-from flip.models.metrics import classification_metrics
+from flip.models.metrics import ScoreCounts, classification_metrics
 from flip.models.schema import ClassifierConfig
 
 SPLITS = ("train", "val", "test")
+EVALUATED = ("val", "test")
 
 
 def mlp_head(in_features: int, hidden: int, num_classes: int, dropout: float) -> nn.Sequential:
@@ -70,6 +71,10 @@ class Classifier(L.LightningModule):
         self.split_metrics = nn.ModuleDict(
             {f"{split}_metrics": classification_metrics(list(metrics), num_classes, f"{split}/") for split in SPLITS}
         )
+        # Two classes: each evaluation's score counts per bin, kept after the epoch as
+        # `score_counts[split]` = (positives, negatives), for metrics of pooled predictions.
+        self.split_counts = nn.ModuleDict({f"{split}_counts": ScoreCounts() for split in EVALUATED} if num_classes == 2 else {})
+        self.score_counts: dict[str, tuple[list[int], list[int]]] = {}
 
     def on_fit_start(self) -> None:
         if self.logit_adjustment:
@@ -85,6 +90,8 @@ class Classifier(L.LightningModule):
         probabilities = logits.softmax(dim=-1)
         scores = probabilities[:, 1] if self.num_classes == 2 else probabilities
         self.split_metrics[f"{split}_metrics"].update(scores, labels)
+        if f"{split}_counts" in self.split_counts:
+            self.split_counts[f"{split}_counts"].update(scores, labels)
         self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, batch_size=len(labels))
         return loss
 
@@ -101,6 +108,10 @@ class Classifier(L.LightningModule):
         metrics = self.split_metrics[f"{split}_metrics"]
         self.log_dict(metrics.compute())
         metrics.reset()
+        if f"{split}_counts" in self.split_counts:
+            counts = self.split_counts[f"{split}_counts"]
+            self.score_counts[split] = counts.compute()
+            counts.reset()
 
     def on_train_epoch_end(self):
         self._log_epoch_metrics("train")
