@@ -32,7 +32,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from flip.audit.reproduce import reproduce
     from flip.console import console
 
-    result = reproduce(Path(args.run_dir), Path(args.out) if args.out else None)
+    result = reproduce(Path(args.run_dir), Path(args.out) if args.out else None, allow_targets=args.allow_targets)
     for note in result.notes:
         console.print(f"note: {note}", soft_wrap=True, markup=False)
     if result.identical:
@@ -83,6 +83,7 @@ def add_audit_commands(commands: argparse._SubParsersAction) -> None:
     reproduce = audit_commands.add_parser("reproduce", help="rerun a run's recorded config and compare its models round by round")
     reproduce.add_argument("run_dir", metavar="RUN_DIR")
     reproduce.add_argument("--out", metavar="DIR", help="where the rerun goes (default: beside RUN_DIR)")
+    reproduce.add_argument("--allow-targets", action="store_true", help="rerun a config whose allowed_targets add components (only for run directories you trust)")
     reproduce.set_defaults(handler=cmd_reproduce)
     diff = audit_commands.add_parser("diff", help="config, environment, data and metric differences between two runs")
     diff.add_argument("run_a", metavar="RUN_A")

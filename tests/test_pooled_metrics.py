@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
+from flip.federation.keeper import SCORE_COUNTS, pooled_counts
 from flip.models.metrics import ScoreCounts
 from flip.pooled_metrics import BINS, auroc, bin_counts, calibration_curve, roc_curve
 
@@ -73,3 +76,25 @@ def test_the_models_score_counts_are_the_same_bins():
     positives, negatives = metric.compute()
     expected = bin_counts(scores.astype(np.float32), labels)
     assert positives == expected[0].tolist() and negatives == expected[1].tolist()
+
+
+def reply(**counts) -> SimpleNamespace:
+    """Stands for a site's evaluate reply: only its content is read."""
+    return SimpleNamespace(content={SCORE_COUNTS: counts})
+
+
+def test_the_server_sums_good_counts_and_leaves_out_what_a_hostile_site_sends():
+    good = bin_counts(np.array([0.1, 0.8, 0.95]), np.array([0, 1, 1]))
+    honest = reply(**{"test/positives": good[0].tolist(), "test/negatives": good[1].tolist()})
+    hostile = [
+        reply(**{"test/positives": "not a list", "test/negatives": good[1].tolist()}),
+        reply(**{"test/positives": [1] * (BINS + 1), "test/negatives": good[1].tolist()}),
+        reply(**{"test/positives": [-5] * BINS, "test/negatives": good[1].tolist()}),
+        reply(**{"test/positives": [0.5] * BINS, "test/negatives": good[1].tolist()}),
+        reply(**{"test/positives": good[0].tolist()}),
+        reply(**{"val/positives": [2**62] * BINS, "val/negatives": [2**62] * BINS}),
+        SimpleNamespace(content={}),
+    ]
+    pooled = pooled_counts([honest, *hostile, honest])
+    assert set(pooled) == {"test"}
+    assert pooled["test"][0].tolist() == (2 * good[0]).tolist() and pooled["test"][1].tolist() == (2 * good[1]).tolist()

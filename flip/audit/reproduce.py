@@ -55,13 +55,44 @@ def rerun_environment(manifest: dict[str, Any]) -> dict[str, str]:
     env = dict(os.environ)
     recorded = (manifest.get("environment") or {}).get("torch") or {}
     if recorded.get("num_threads"):
-        env["OMP_NUM_THREADS"] = str(recorded["num_threads"])
+        env["OMP_NUM_THREADS"] = str(max(1, min(int(recorded["num_threads"]), os.cpu_count() or 1)))
     if recorded.get("cpu_capability"):
         env["ATEN_CPU_CAPABILITY"] = str(recorded["cpu_capability"]).lower()
     return env
 
 
-def reproduce(run_dir: Path, out: Path | None = None, quiet: bool = False) -> Reproduction:
+def _names_hydra(item: str) -> bool:
+    return item.lstrip("+~").removeprefix("override ").strip().split("=", 1)[0].split("/", 1)[0].split(".", 1)[0].split(":", 1)[0] == "hydra"
+
+
+def checked_rerun(run_dir: Path, recipe: Path, manifest: dict[str, Any], allow_targets: bool) -> list[str]:
+    """The recorded overrides, once the rerun is checked as what it is: a run directory may come
+    from anyone, so its recipe copy and manifest are data. Hydra's own settings (`hydra.callbacks`
+    instantiates anything) are never taken from them, and components beyond flip's defaults only
+    when the auditor says so."""
+    import yaml
+
+    from flip.experiment.validate import validate
+
+    overrides = [str(o) for o in manifest.get("overrides") or []]
+    try:
+        text = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise FlipError(f"{recipe}: cannot read the recipe to rerun: {error}") from error
+    defaults = [next(iter(d), "") if isinstance(d, dict) else str(d) for d in (text.get("defaults") or [])] if isinstance(text, dict) else []
+    hydra = [o for o in overrides if _names_hydra(o)] + [d for d in defaults if _names_hydra(str(d))]
+    if hydra or (isinstance(text, dict) and "hydra" in text):
+        raise FlipError(f"{run_dir}: its recipe or recorded overrides set Hydra's own settings ({', '.join(hydra) or 'hydra:'}); reproduce runs none")
+    extra = list(validate(recipe, overrides).allowed_targets or [])
+    if extra and not allow_targets:
+        raise FlipError(
+            f"{run_dir}: its config allows components beyond flip's defaults ({', '.join(map(str, extra))}); "
+            "rerunning builds them: pass --allow-targets if you trust where this run directory came from"
+        )
+    return overrides
+
+
+def reproduce(run_dir: Path, out: Path | None = None, quiet: bool = False, allow_targets: bool = False) -> Reproduction:
     """Run `run_dir`'s recorded config again into `out` and compare the per-round model hashes."""
     run_dir = Path(run_dir).resolve()
     manifest = load_manifest(run_dir)
@@ -79,7 +110,7 @@ def reproduce(run_dir: Path, out: Path | None = None, quiet: bool = False) -> Re
     out = Path(out).resolve() if out else run_dir.with_name(f"{run_dir.name}-reproduced-{now_iso().replace(':', '')}")
     if out.exists() and any(out.iterdir()):
         raise FlipError(f"{out}: exists and is not empty; reproduce writes a new run directory")
-    overrides = [o for o in manifest.get("overrides") or [] if not o.startswith("hydra.run.dir=")]
+    overrides = checked_rerun(run_dir, recipe, manifest, allow_targets)
     command = [sys.executable, "-m", "flip.cli", "run", str(recipe), *overrides, f"hydra.run.dir={out}"]
     completed = subprocess.run(command, cwd=cwd, env=rerun_environment(manifest), capture_output=quiet, text=True)
     if completed.returncode != 0:

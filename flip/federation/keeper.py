@@ -14,7 +14,7 @@ from rich.progress import Progress
 
 from flip.audit.run_directory import ROUND_ENDED, SITE_FAILED, RunDirectory
 from flip.privacy.accounting import PrivacyLedger
-from flip.pooled_metrics import auroc as pooled_auroc
+from flip.pooled_metrics import BINS, auroc as pooled_auroc
 from flip.results import MetricsTable, model_sha256
 from flip.run_types import SiteReport
 
@@ -31,23 +31,29 @@ PRIVACY = "privacy"
 
 
 def pooled_counts(messages: Iterable[Message]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per split, the sum over sites of their score counts (sites that sent none add nothing)."""
+    """Per split, the sum over sites of their score counts. A site's reply is not trusted: counts
+    that are not BINS non-negative integers per class are left out (and logged), never raised on."""
     pooled: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for message in messages:
         if SCORE_COUNTS not in message.content:
             continue
         counts = message.content[SCORE_COUNTS]
-        for key in counts:
-            split, _, kind = key.partition("/")
-            if kind != COUNT_KINDS[0] or f"{split}/{COUNT_KINDS[1]}" not in counts:
+        for split in ("val", "test"):
+            pair = [_counts(counts, f"{split}/{kind}") for kind in COUNT_KINDS]
+            if pair[0] is None or pair[1] is None:
+                if any(f"{split}/{kind}" in counts for kind in COUNT_KINDS):
+                    log.warning("a site's %s score counts are not %d non-negative integers per class: left out", split, BINS)
                 continue
-            positives, negatives = np.asarray(counts[key], dtype=np.int64), np.asarray(counts[f"{split}/{COUNT_KINDS[1]}"], dtype=np.int64)
-            if split in pooled:
-                if len(pooled[split][0]) != len(positives):
-                    continue  # another flip's bins: not comparable
-                positives, negatives = pooled[split][0] + positives, pooled[split][1] + negatives
-            pooled[split] = (positives, negatives)
+            previous = pooled.get(split, (0, 0))
+            pooled[split] = (previous[0] + pair[0], previous[1] + pair[1])
     return pooled
+
+
+def _counts(record: Any, key: str) -> np.ndarray | None:
+    value = record[key] if key in record else None
+    if not isinstance(value, list) or len(value) != BINS or not all(type(n) is int and 0 <= n < 2**40 for n in value):
+        return None
+    return np.asarray(value, dtype=np.int64)
 
 
 def site_report_of(message: Message) -> SiteReport:

@@ -148,3 +148,16 @@ def test_reproduce_refuses_what_it_cannot_rerun(local_copy, tmp_path):
     manifest_file.write_text(json.dumps(manifest))
     result = flip_cli(tmp_path, "audit", "reproduce", str(local_copy))
     assert result.returncode != 0 and "did not complete (status 'failed')" in result.stderr
+
+
+@pytest.mark.parametrize("override", ["+hydra.callbacks.x._target_=os.system", "hydra/launcher=basic", "allowed_targets=[mylab.Scheduler]"])
+def test_reproduce_takes_no_hydra_settings_or_extra_components_from_a_run_directory(local_copy, tmp_path, override):
+    manifest_file = local_copy / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["overrides"] = [*manifest["overrides"], override]
+    manifest_file.write_text(json.dumps(manifest))
+    out = tmp_path / "rerun"
+    result = flip_cli(tmp_path, "audit", "reproduce", str(local_copy), "--out", str(out))
+    assert result.returncode != 0 and not out.exists(), result.stdout + result.stderr
+    expected = "pass --allow-targets" if override.startswith("allowed") else "set Hydra's own settings"
+    assert expected in result.stderr and "Traceback" not in result.stderr
