@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
+from flip.audit.checkpoints import evaluated_weights, fit_problems
+from flip.audit.manifest import file_sha256
 from flip.audit.run_directory import BEST, ROUND_ENDED, RunDirectory, load_weights
+from flip.errors import ConfigError
 from flip.privacy.guarantee import statement
 from flip.privacy.plan import PrivacyPlan
 from flip.results import MetricsTable, model_sha256
@@ -62,6 +66,47 @@ def run_local(cfg: DictConfig, directory: RunDirectory) -> ModeResult:
         score_counts=final_counts,
         manifest_extra={"seeds": {"global": int(cfg.seed), "data": int(cfg.data.get("seed", cfg.seed))}},
     )
+
+
+def evaluate_local(cfg: DictConfig, directory: RunDirectory) -> ModeResult:
+    """job=evaluate: the checkpoint's model on this site's validation and test splits; its
+    metrics are the run's round 0 and the model is the run's `final.ckpt`."""
+    from flip.federation.site import evaluate_weights
+
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")
+    site = datamodule.site_name
+    file, state = checked_checkpoint(cfg)
+    model = build_model(cfg)
+    log.info("evaluating %s on %s: %d val / %d test items", file, site, *datamodule.split_sizes[1:])
+    metrics, counts = evaluate_weights(cfg, datamodule, state, site)
+    table = MetricsTable()
+    for key, value in metrics.items():
+        split, _, metric = key.partition("/")
+        table.add(0, site, split, metric, value)
+    digest = directory.save_final(0, state, model.hparams)
+    directory.emit(ROUND_ENDED, round=0, model_sha256=digest, metrics=metrics)
+    return ModeResult(
+        rounds=0,
+        model_sha256=digest,
+        metrics=metrics,
+        best_metrics={"round": None},
+        table=table,
+        sites=[SiteReport.from_datamodule(datamodule)],
+        privacy=local_privacy(PrivacyPlan.from_config(cfg), {}),
+        score_counts=dict(counts),
+        evaluated={"checkpoint": str(file), "file_sha256": file_sha256(file), "model_sha256": digest},
+        manifest_extra={"seeds": {"global": int(cfg.seed), "data": int(cfg.data.get("seed", cfg.seed))}},
+    )
+
+
+def checked_checkpoint(cfg: DictConfig) -> tuple[Path, dict]:
+    """The checkpoint `evaluation.checkpoint` names, once it fits the configured model; else
+    ConfigError saying which weights differ."""
+    file, state = evaluated_weights(cfg.evaluation.checkpoint)
+    if problems := fit_problems(state, build_model(cfg).state_dict(), file):
+        raise ConfigError(problems)
+    return file, state
 
 
 def local_privacy(plan: PrivacyPlan, spent: dict[str, float]) -> dict:

@@ -14,6 +14,7 @@ from flip.audit.record import RunRecord, record_run
 from flip.audit.run_directory import RECIPE_COPY, RunDirectory, read_overrides
 from flip.audit.verify import RESOLVED_YAML
 from flip.config.allowlist import AllowList, entry_problems, target_problems
+from flip.config.schema import job_of
 from flip.experiment.rules import rule_problems
 from flip.errors import ConfigError, FlipError
 from flip.results import config_sha256
@@ -23,12 +24,11 @@ log = logging.getLogger(__name__)
 
 
 def _local(cfg: DictConfig, directory: RunDirectory) -> ModeResult:
-    from flip.local import run_local
+    from flip.local import evaluate_local, run_local
     from flip.training import configure_torch
 
     configure_torch(cfg)
-
-    return run_local(cfg, directory)
+    return evaluate_local(cfg, directory) if job_of(cfg) == "evaluate" else run_local(cfg, directory)
 
 
 def _simulation(cfg: DictConfig, directory: RunDirectory, resume: bool = False) -> ModeResult:
@@ -65,6 +65,15 @@ def check_config(cfg: DictConfig) -> None:
     problems += target_problems(container, allowed, resolve=cfg.federation.mode == "local")
     if not problems and cfg.federation.mode != "local":
         problems += target_problems({"strategy": container["strategy"]}, allowed, resolve=True)
+        problems += target_problems({"evaluation": container["evaluation"]}, allowed, resolve=True)
+    if not problems and cfg.evaluation.metrics:  # they passed the allow-list: built now, on scores shaped as the model's
+        from flip.models.evaluation import fit_problems
+
+        problems += fit_problems(cfg)
+    if not problems and job_of(cfg) == "evaluate" and cfg.federation.mode != "deployment":
+        from flip.local import checked_checkpoint
+
+        checked_checkpoint(cfg)  # here, not after the sites started: a missing or unfit checkpoint
     if problems:
         raise ConfigError(problems)
 

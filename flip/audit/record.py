@@ -4,6 +4,8 @@ in the server's runs folder, `flip run` in the Hydra run directory)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -12,6 +14,7 @@ from typing import Any, Callable
 
 from flip.audit.manifest import now_iso, run_environment, start_manifest
 from flip.audit.run_directory import MANIFEST, ROUND_ENDED, RUN_ENDED, RUN_STARTED, SUMMARY, RunDirectory, read_events
+from flip.results import CROSS_SITE_COLUMNS, CROSS_SITE_CSV, CROSS_SITE_PNG, cross_site_headline
 from flip.run_types import ModeResult, SiteReport
 
 
@@ -78,9 +81,11 @@ def record_run(directory: RunDirectory, record: RunRecord, body: Callable[[RunDi
 
     for name, png in plot_files(result.table.rows, record.monitor, result.score_counts.get("test")).items():
         directory.write_bytes(name, png)
+    cross_site = write_cross_site(directory, result.cross_site, [site.site for site in result.sites])
     recipe = record.recipe.stem if record.recipe else record.recipe_name
     summary = {
         "mode": record.mode,
+        "job": "evaluate" if result.evaluated else "train",
         "recipe": recipe,
         "status": "completed",
         "config_sha256": record.config_sha256,
@@ -98,6 +103,10 @@ def record_run(directory: RunDirectory, record: RunRecord, body: Callable[[RunDi
         "stop_reason": result.stop_reason,
         "wall_time_s": round(wall_time, 3),
     }
+    if result.evaluated:
+        summary["evaluated"] = result.evaluated
+    if cross_site:
+        summary["cross_site"] = cross_site
     directory.write_json(SUMMARY, summary)
     directory.emit(RUN_ENDED, status="completed", rounds=result.rounds, model_sha256=result.model_sha256, metrics=result.metrics)
     manifest.update(record.manifest_extra)  # the body may have added to it (e.g. the sites' versions)
@@ -114,6 +123,24 @@ def record_run(directory: RunDirectory, record: RunRecord, body: Callable[[RunDi
     manifest["files"] = directory.file_hashes()
     directory.write_json(MANIFEST, manifest)
     return summary
+
+
+def write_cross_site(directory: RunDirectory, rows: list[dict[str, Any]], site_names: list[str]) -> dict[str, Any]:
+    """cross_site.csv (every model, site, split and metric) and cross_site.png (a heat map of the
+    headline metric); returns the headline for summary.json ({} without cross-site evaluation)."""
+    if not rows:
+        return {}
+    from flip.plots import cross_site_figure, png_bytes
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CROSS_SITE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    directory.write_bytes(CROSS_SITE_CSV, buffer.getvalue().encode())
+    headline = cross_site_headline(rows, site_names)
+    if headline:
+        directory.write_bytes(CROSS_SITE_PNG, png_bytes(cross_site_figure(headline["models"], headline["metric"])))
+    return headline
 
 
 def data_record(site: SiteReport) -> dict[str, Any]:

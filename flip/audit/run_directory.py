@@ -31,6 +31,7 @@ CHECKPOINTS = "checkpoints"
 HYDRA = ".hydra"
 FINAL = "final.ckpt"
 BEST = "best.ckpt"
+SITE_MODELS = "sites"  # under checkpoints/: each site's last local model (evaluation.cross_site)
 # A deployment server's config as received: its sha256 is the run's config hash (what sites approve).
 SHIPPED_CONFIG = "shipped_config.json"
 # A copy of the recipe as it was, for when the original moves or changes (`flip audit reproduce`).
@@ -84,6 +85,13 @@ class RunDirectory:
 
     def save_final(self, round_: int, state: Mapping[str, torch.Tensor], hparams: Mapping[str, Any]) -> str:
         self._save_checkpoint(self.checkpoints / FINAL, state, hparams, round_)
+        return model_sha256(state)
+
+    def save_site_model(self, site: str, state: Mapping[str, torch.Tensor], hparams: Mapping[str, Any], round_: int) -> str:
+        """`sites/<site>.ckpt`: a site's last local model, as cross-site evaluation evaluated it."""
+        if not site or site.startswith(".") or not all(c.isalnum() or c in "-_." for c in site):
+            raise FlipError(f"cannot save the model of site {site!r}: not a plain site name")
+        self._save_checkpoint(self.checkpoints / SITE_MODELS / f"{site}.ckpt", state, hparams, round_)
         return model_sha256(state)
 
     def _save_checkpoint(self, path: Path, state: Mapping[str, torch.Tensor], hparams: Mapping[str, Any], round_: int) -> None:

@@ -22,6 +22,33 @@ class MonitorMode(Enum):
     max = "max"
 
 
+class Job(Enum):
+    """What a run does: train a model, or evaluate one (`evaluation.checkpoint`) at every site."""
+
+    train = "train"
+    evaluate = "evaluate"
+
+
+@dataclass
+class EvaluationConfig:
+    """How models are evaluated: cross-site, evaluation-only runs, extra metrics and their intervals."""
+
+    # job=evaluate: the model to evaluate, a flip run directory (its final model) or a Lightning
+    # checkpoint file of a model the config builds.
+    checkpoint: Optional[str] = None
+    # Federated runs: after the last round, the final global model and each site's last local model
+    # are evaluated on every site's validation and test data (cross_site.csv, plots/cross_site.png).
+    cross_site: bool = False
+    # Metrics beyond model.metrics, computed wherever a site evaluates: name -> a torchmetrics
+    # classification class and its arguments, e.g. {specificity: {_target_:
+    # torchmetrics.classification.BinarySpecificity, threshold: 0.3}}.
+    metrics: Dict[str, Any] = field(default_factory=dict)
+    # Bootstrap resamples of each site's evaluated split for intervals of `metrics` (0: none), and
+    # the intervals' confidence level.
+    bootstrap: int = 0
+    confidence: float = 0.95
+
+
 @dataclass
 class FlipConfig:
     """Root keys that do not belong to any group."""
@@ -35,6 +62,8 @@ class FlipConfig:
     # Components this machine builds beyond flip's defaults (local runs, the simulation driver):
     # exact dotted names or `package.*`. A site's own settings say what a site builds.
     allowed_targets: List[str] = field(default_factory=list)
+    job: Job = Job.train
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     data: Any = MISSING
     model: Any = MISSING
     trainer: Any = MISSING
@@ -122,3 +151,9 @@ SCHEMAS: Dict[str, type] = {
     "federation/deployment": DeploymentFederationConfig,
     "partition/partition": PartitionConfig,
 }
+
+
+def job_of(cfg: Any) -> str:
+    """The run's job as text, from a composed config (an enum) or a received one (text)."""
+    job = cfg.get("job", Job.train.value)
+    return getattr(job, "value", str(job))

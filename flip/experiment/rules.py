@@ -7,6 +7,7 @@ from typing import Callable
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from flip.config.schema import job_of
 from flip.config.schema_deployment import deployment_problems
 from flip.config.strategies import strategy_problems
 from flip.data.fhir import schema as fhir
@@ -16,7 +17,8 @@ from flip.data.text import schema as text
 from flip.errors import ConfigError
 from flip.models import schema as models
 from flip.models.schema import METRIC_NAMES
-from flip.privacy.schema import privacy_problems
+from flip.results import is_interval
+from flip.privacy.schema import cross_site_privacy_problems, privacy_problems
 
 BY_SITE_SOURCES = ("folder", "column", "attribute")
 
@@ -171,7 +173,33 @@ def _modalities(cfg: DictConfig) -> list[str]:
     return []
 
 
+def _evaluation(cfg: DictConfig) -> list[str]:
+    evaluation, mode = cfg.evaluation, cfg.federation.mode
+    problems = []
+    if job_of(cfg) == "evaluate" and not evaluation.checkpoint:
+        problems.append("evaluation.checkpoint: job=evaluate evaluates a model: set it to a flip run directory or a Lightning checkpoint file")
+    if evaluation.cross_site:
+        if mode == "local":
+            problems.append("evaluation.cross_site: compares the models of a federation's sites; a local run has one site")
+        elif job_of(cfg) == "evaluate":
+            problems.append("evaluation.cross_site: an evaluation-only run trains no site models to compare; evaluate the checkpoint (job=evaluate) alone")
+        else:
+            problems += cross_site_privacy_problems(cfg.privacy)
+    if evaluation.bootstrap < 0:
+        problems.append(f"evaluation.bootstrap: must be 0 (no intervals) or a number of resamples, got {evaluation.bootstrap}")
+    if not 0 < evaluation.confidence < 1:
+        problems.append(f"evaluation.confidence: must be in (0, 1), got {evaluation.confidence}")
+    reported = set(cfg.model.get("metrics", []))
+    for name in evaluation.metrics:
+        if not str(name).isidentifier() or is_interval(str(name)):
+            problems.append(f"evaluation.metrics.{name}: a metric's name must be a plain identifier not ending in _ci_low/_ci_high")
+        elif name in reported:
+            problems.append(f"evaluation.metrics.{name}: model.metrics reports {name} already; give this one another name")
+    return problems
+
+
 RULES: tuple[Callable[[DictConfig], list[str]], ...] = (
+    _evaluation,
     _mode, privacy_problems, _metrics, models.rules, _splits, _data_source, _positive, _federation, _sites, _partition,
     text.rules, text_model_problems, fhir.rules, multimodal.rules, _modalities,
 )

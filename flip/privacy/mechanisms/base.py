@@ -66,6 +66,9 @@ class Mechanism:
     uniform_weights: ClassVar[bool] = False
     # FEDERATION or SITES: whom the ledger charges its releases to; None: the server accounts none.
     charged_to: ClassVar[str | None] = None
+    # Whether a site's own model, as the site sends it, is all this mechanism promises about it, so
+    # that other sites may see it (evaluation.cross_site): no mechanism at all, or one at the site.
+    site_models_protected: ClassVar[bool] = False
 
     def __init__(self, plan: PrivacyPlan):
         self.plan = plan

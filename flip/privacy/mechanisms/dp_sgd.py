@@ -36,6 +36,7 @@ class SampleLevelDp(Mechanism):
     schema = DpSgdConfig
     is_dp = True
     runs_locally = True
+    site_models_protected = True
     positive = ("noise_multiplier", "clipping_norm", "max_epsilon", "target_epsilon")
     neighbours = "add_remove"
 
