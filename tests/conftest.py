@@ -146,8 +146,9 @@ def local_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def simulation_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One real simulation of 2 sites for 2 rounds (tests that change it work on a copy), with
-    the label-skew options on: kept optimizer state goes through Flower's per-node state."""
-    extra = ("federation.keep_optimizer_state=true", "model.logit_adjustment=1.0")
+    the label-skew options on (kept optimizer state goes through Flower's per-node state) and
+    cross-site evaluation after the last round."""
+    extra = ("federation.keep_optimizer_state=true", "model.logit_adjustment=1.0", "evaluation.cross_site=true")
     return flip_run_dir(tmp_path_factory.mktemp("simulation-run"), *SIMULATION_OVERRIDES, *extra)
 
 

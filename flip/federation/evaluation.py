@@ -35,8 +35,8 @@ class Evaluations:
     def rows(self) -> list[dict[str, Any]]:
         """One row per model, site, split and metric (cross_site.csv)."""
         found = []
-        for model, by_site in self.metrics.items():
-            for site, metrics in sorted(by_site.items()):
+        for model in sorted(self.metrics, key=lambda name: (name != GLOBAL_MODEL, name)):
+            for site, metrics in sorted(self.metrics[model].items()):
                 for key, value in sorted(metrics.items()):
                     split, _, metric = key.partition("/")
                     if metric and metric != "n" and split in ("val", "test"):

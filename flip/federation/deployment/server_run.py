@@ -205,4 +205,5 @@ def serve_run(grid: Any, context: Any) -> None:
         handler.close()
     rows = [list(row) for row in outcome.keeper.table.rows] if outcome.keeper else []
     log.info("done in %.1f s; run directory %s", time.perf_counter() - started, run_dir)
-    print(RESULT_MARK + json.dumps({"summary": summary, "metrics": rows}, default=str), file=sys.stderr, flush=True)
+    cross_site = outcome.keeper.cross_site if outcome.keeper else []
+    print(RESULT_MARK + json.dumps({"summary": summary, "metrics": rows, "cross_site": cross_site}, default=str), file=sys.stderr, flush=True)
