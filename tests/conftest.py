@@ -132,6 +132,9 @@ def flip_run_dir(cwd: Path, *args: str) -> Path:
     return manifest.parent
 
 
+# The shared simulation's recipe: the flagship one with cross-site evaluation after the last round.
+CROSS_SITE_RECIPE = "dicom_synthetic_cross_site"
+SIMULATION_EXTRA = ("federation.keep_optimizer_state=true", "model.logit_adjustment=1.0")
 # A 2-site, 2-round simulation of the flagship recipe, at the size of FAST_OVERRIDES.
 SIMULATION_OVERRIDES = ["dicom_synthetic_fedavg", *FAST_OVERRIDES, "federation.num_sites=2", "federation.num_rounds=2",
                         "federation.server_eval_site=site-3"]
@@ -148,8 +151,8 @@ def simulation_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One real simulation of 2 sites for 2 rounds (tests that change it work on a copy), with
     the label-skew options on (kept optimizer state goes through Flower's per-node state) and
     cross-site evaluation after the last round."""
-    extra = ("federation.keep_optimizer_state=true", "model.logit_adjustment=1.0", "evaluation.cross_site=true")
-    return flip_run_dir(tmp_path_factory.mktemp("simulation-run"), *SIMULATION_OVERRIDES, *extra)
+    cwd = tmp_path_factory.mktemp("simulation-run")
+    return flip_run_dir(cwd, CROSS_SITE_RECIPE, *SIMULATION_OVERRIDES[1:], *SIMULATION_EXTRA)
 
 
 @pytest.fixture(scope="session")

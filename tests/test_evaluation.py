@@ -21,9 +21,18 @@ from flip.experiment.compose import compose_recipe
 from flip.experiment.recipes import resolve_recipe
 from flip.experiment.validate import config_problems
 from flip.models.evaluation import bootstrap_intervals
-from tests.conftest import FAST_OVERRIDES, SIMULATION_OVERRIDES, at_site, flip_run_dir, simulated_sites, write_recipe
+from tests.conftest import (
+    CROSS_SITE_RECIPE,
+    FAST_OVERRIDES,
+    SIMULATION_EXTRA,
+    SIMULATION_OVERRIDES,
+    at_site,
+    flip_run_dir,
+    simulated_sites,
+    write_recipe,
+)
 
-SIMULATION_EXTRA = ["federation.keep_optimizer_state=true", "model.logit_adjustment=1.0"]
+SIM = SIMULATION_OVERRIDES[1:]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -61,7 +70,7 @@ def test_the_cross_site_matrix_equals_direct_evaluation_of_the_same_models(simul
     matrix = {(r["model"], r["site"], f"{r['split']}/{r['metric']}"): float(r["value"]) for r in rows}
     assert {model for model, _, _ in matrix} == {"global", "site-1", "site-2"}
     assert {site for _, site, _ in matrix} == {"site-1", "site-2", "site-3"}  # site-3: the server's own
-    cfg = composed([*SIMULATION_OVERRIDES[1:], *SIMULATION_EXTRA, "evaluation.cross_site=true"], SIMULATION_OVERRIDES[0])
+    cfg = composed([*SIM, *SIMULATION_EXTRA], CROSS_SITE_RECIPE)
     models = {
         "global": load_weights(run / "checkpoints" / "final.ckpt"),
         "site-1": load_weights(run / "checkpoints" / "sites" / "site-1.ckpt"),
@@ -124,8 +133,8 @@ def test_a_site_whose_policy_keeps_its_model_refuses_a_cross_site_run():
 
 
 @pytest.mark.slow
-def test_evaluating_a_simulations_checkpoint_at_every_site_reproduces_its_final_metrics(simulation_run, tmp_path):
-    run = flip_run_dir(tmp_path, *SIMULATION_OVERRIDES, *SIMULATION_EXTRA, "job=evaluate", f"evaluation.checkpoint={simulation_run}")
+def test_the_evaluate_recipe_reproduces_a_simulations_final_metrics_at_every_site(simulation_run, tmp_path):
+    run = flip_run_dir(tmp_path, "dicom_synthetic_evaluate", *SIM, *SIMULATION_EXTRA, f"evaluation.checkpoint={simulation_run}")
     trained = json.loads((simulation_run / "summary.json").read_text())
     evaluated = json.loads((run / "summary.json").read_text())
     assert evaluated["job"] == "evaluate" and evaluated["rounds"] == 0
@@ -134,11 +143,18 @@ def test_evaluating_a_simulations_checkpoint_at_every_site_reproduces_its_final_
     for key, value in trained["metrics"].items():  # pooled (federated) and the server's own
         assert evaluated["metrics"][key] == pytest.approx(value, abs=1e-6), key
     for site in ("site-1", "site-2"):
+        metrics = evaluated["site_metrics"][site]
         for key, value in trained["site_metrics"][site].items():
             if not key.startswith("train/"):
-                assert evaluated["site_metrics"][site][key] == pytest.approx(value, abs=1e-6), (site, key)
+                assert metrics[key] == pytest.approx(value, abs=1e-6), (site, key)
+        # The recipe's own metrics, with each site's bootstrap interval around them.
+        for name in ("sensitivity", "specificity", "calibration_error"):
+            low, value, high = (metrics[f"test/{name}{part}"] for part in ("_ci_low", "", "_ci_high"))
+            assert 0.0 <= low <= high <= 1.0, (site, name)
+    # Pooled over sites: weighted means of the metrics; an interval is a site's own, never averaged.
+    assert "test/specificity" in evaluated["metrics"] and "test/specificity_ci_low" not in evaluated["metrics"]
     # Same layout as a training run: the evaluated model is the run's final model.
-    assert file_sha256(run / "checkpoints" / "final.ckpt") and (run / "metrics.csv").is_file()
+    assert (run / "checkpoints" / "final.ckpt").is_file() and (run / "metrics.csv").is_file()
     assert not (run / "checkpoints" / "round_1.ckpt").exists()
     assert_png(run / "plots" / "roc.png")
 
