@@ -21,6 +21,7 @@ from flip.experiment.compose import compose_recipe
 from flip.experiment.recipes import resolve_recipe
 from flip.experiment.validate import config_problems
 from flip.models.evaluation import bootstrap_intervals
+from flip.results import model_sha256
 from tests.conftest import (
     CROSS_SITE_RECIPE,
     FAST_OVERRIDES,
@@ -76,6 +77,8 @@ def test_the_cross_site_matrix_equals_direct_evaluation_of_the_same_models(simul
         "site-1": load_weights(run / "checkpoints" / "sites" / "site-1.ckpt"),
         "site-2": load_weights(run / "checkpoints" / "sites" / "site-2.ckpt"),
     }
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["models"]["sites"] == {site: model_sha256(models[site]) for site in ("site-1", "site-2")}
     # The site models are the sites' own: neither is the global model, and they differ.
     assert not all(torch.equal(models["site-1"][k], models["global"][k]) for k in models["global"])
     assert not all(torch.equal(models["site-1"][k], models["site-2"][k]) for k in models["global"])

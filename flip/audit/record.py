@@ -13,8 +13,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 from flip.audit.manifest import now_iso, run_environment, start_manifest
-from flip.audit.run_directory import MANIFEST, ROUND_ENDED, RUN_ENDED, RUN_STARTED, SUMMARY, RunDirectory, read_events
-from flip.results import CROSS_SITE_COLUMNS, CROSS_SITE_CSV, CROSS_SITE_PNG, cross_site_headline
+from flip.audit.run_directory import (
+    MANIFEST,
+    ROUND_ENDED,
+    RUN_ENDED,
+    RUN_STARTED,
+    SITE_MODELS,
+    SUMMARY,
+    RunDirectory,
+    load_weights,
+    read_events,
+)
+from flip.results import CROSS_SITE_COLUMNS, CROSS_SITE_CSV, CROSS_SITE_PNG, cross_site_headline, model_sha256
 from flip.run_types import ModeResult, SiteReport
 
 
@@ -159,9 +169,13 @@ def model_records(directory: RunDirectory, result: ModeResult) -> dict[str, Any]
     """sha256 of the global model after every round (0: the initial one), the final and the best."""
     rounds = {int(event["round"]): event["model_sha256"] for event in read_events(directory.path) if event["event"] == ROUND_ENDED}
     best_round = result.best_metrics.get("round")
-    return {
+    records = {
         "rounds": {str(round_): rounds[round_] for round_ in sorted(rounds)},
         "final": result.model_sha256,
         "best_round": best_round,
         "best": rounds.get(best_round) if isinstance(best_round, int) else None,
     }
+    site_models = sorted((directory.checkpoints / SITE_MODELS).glob("*.ckpt"))
+    if site_models:  # evaluation.cross_site: each site's own model, as evaluated
+        records["sites"] = {path.stem: model_sha256(load_weights(path)) for path in site_models}
+    return records

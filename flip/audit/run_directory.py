@@ -89,7 +89,7 @@ class RunDirectory:
 
     def save_site_model(self, site: str, state: Mapping[str, torch.Tensor], hparams: Mapping[str, Any], round_: int) -> str:
         """`sites/<site>.ckpt`: a site's last local model, as cross-site evaluation evaluated it."""
-        if not site or site.startswith(".") or not all(c.isalnum() or c in "-_." for c in site):
+        if not is_plain_name(site):
             raise FlipError(f"cannot save the model of site {site!r}: not a plain site name")
         self._save_checkpoint(self.checkpoints / SITE_MODELS / f"{site}.ckpt", state, hparams, round_)
         return model_sha256(state)
@@ -147,6 +147,11 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     import torch
 
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def is_plain_name(name: str) -> bool:
+    """A name that is one file name and nothing more: letters, digits, '-', '_', '.', not hidden."""
+    return bool(name) and not name.startswith(".") and all(c.isalnum() or c in "-_." for c in name)
 
 
 def is_run_dir(path: Path) -> bool:
