@@ -46,7 +46,7 @@ def all_files(root: Path) -> dict[str, bytes]:
 def test_layout_has_one_folder_per_site_and_a_summary(dataset_dir):
     assert [p.name for p in site_dirs(dataset_dir)] == ["site-1", "site-2", "site-3"]
     summary = json.loads((dataset_dir / "dataset.json").read_text())
-    assert summary["generator_version"] == GENERATOR_VERSION == 3
+    assert summary["generator_version"] == GENERATOR_VERSION == 4
     assert summary["parameters"] == SMALL
     assert [site["name"] for site in summary["sites"]] == ["site-1", "site-2", "site-3"]
 
