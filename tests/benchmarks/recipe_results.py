@@ -5,8 +5,9 @@ every federated site trained alone (`federation=local data.site=SITE`), the reci
 every site's training data pooled on one machine (`federation=pooled`). Each model is evaluated
 on every site's test split and on the server's held-out site where the recipe has one (the
 baselines report them in `site_metrics`, as the federation does). A mechanism that protects what
-sites send to a server means nothing without sites, so its baselines run with `privacy=none`;
-DP-SGD trains every model alike. Prints one table of test AUROC per recipe, then
+sites send to a server means nothing without sites, and `privacy=none` does not take that
+mechanism's keys, so such a recipe's baselines are those of its twin without it on the same data
+(BASELINE_OF); DP-SGD trains every model alike. Prints one table of test AUROC per recipe, then
 `federated/pooled`: the federated model's test AUROC over every site's test predictions pooled,
 over the pooled model's; the last line is the smallest ratio (target >= 0.95).
 Usage: python tests/benchmarks/recipe_results.py [RECIPE...]
@@ -25,9 +26,11 @@ from pathlib import Path
 from flip.experiment.recipes import resolve_recipe
 from flip.experiment.validate import validate
 from flip.paths import RECIPES_DIR
-from flip.privacy.mechanisms import MECHANISMS
 
 COMMON = ["trainer.enable_progress_bar=false"]
+# Recipes whose privacy mechanism needs a server: the recipe whose baselines are theirs, with the
+# overrides that give it the same data, model and training length.
+BASELINE_OF = {"fhir_synthetic_fedavg_secagg_dp": ("fhir_synthetic_fedavg", ["data.synthetic.num_sites=6", "federation.num_sites=6"])}
 
 
 def federated_recipes() -> list[str]:
@@ -53,16 +56,16 @@ def site_aurocs(summary: dict) -> dict[str, float]:
 def compare(recipe: str, work: Path, env: dict[str, str]) -> float:
     """Print the recipe's table; return federated/pooled test AUROC."""
     cfg = validate(resolve_recipe(recipe), [])
-    baseline = [] if MECHANISMS[cfg.privacy.mechanism].runs_locally and not cfg.privacy.get("secagg") else ["privacy=none"]
+    twin, baseline = BASELINE_OF.get(recipe, (recipe, []))
     federated, fed_s = flip_run(recipe, [], work, env)
     sites = sorted(federated["site_metrics"], key=lambda name: [int(p) if p.isdigit() else p for p in name.split("-")])
     held_out = cfg.federation.server_eval_site
-    rows = {f"{site} alone": flip_run(recipe, ["federation=local", f"data.site={site}", *baseline], work, env) for site in sites}
+    rows = {f"{site} alone": flip_run(twin, [*baseline, "federation=local", f"data.site={site}"], work, env) for site in sites}
     rows["federated"] = (federated, fed_s)
-    rows["pooled"] = flip_run(recipe, ["federation=pooled", *baseline], work, env)
+    rows["pooled"] = flip_run(twin, [*baseline, "federation=pooled"], work, env)
     columns = [*sites, *([held_out] if held_out else [])]
     print(f"\n{recipe}: test AUROC on each site's test split ({held_out or 'no'} held-out site"
-          f"{', marked *' if held_out else ''}); {' '.join(baseline) or 'same privacy'} for the baselines")
+          f"{', marked *' if held_out else ''}); baselines: {twin} {' '.join(baseline)}")
     header = ["model", *[f"{c}*" if c == held_out else c for c in columns], "mean of sites", "time"]
     print(" | ".join(f"{h:>13}" for h in header))
     for name, (summary, seconds) in rows.items():
