@@ -13,7 +13,7 @@ err_console = Console(stderr=True)
 
 
 def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
-    unit = "epoch" if summary["mode"] == "local" else "round"
+    unit = "epoch" if summary["mode"] in ("local", "pooled") else "round"
     evaluated = summary.get("job") == "evaluate"
     done = "evaluation only" if evaluated else f"{summary['rounds']} {unit}(s)"
     table = Table(title=f"{summary['recipe']} · {summary['mode']} · {done}")

@@ -92,19 +92,16 @@ class TrainerConfig:
     num_sanity_val_steps: int = 0
 
 
-@dataclass
-class LocalFederationConfig:
-    """One site trains on its own data; nothing leaves the machine."""
-
-    mode: str = "local"
-    num_sites: int = 1
+# Modes that train one model on this machine, with no server: the baselines of a federated recipe.
+BASELINE_MODES = ("local", "pooled")
 
 
 @dataclass
-class SimulationFederationConfig:
-    """N virtual sites on Flower's simulation engine (Ray), all on this machine."""
+class FederatedExperimentConfig:
+    """Which sites a federated experiment has and how long each trains; the federation modes on one
+    machine accept them all, so a federated recipe runs unchanged as its own local or pooled baseline."""
 
-    mode: str = "simulation"
+    mode: str = MISSING  # each option's own
     num_sites: int = 3
     num_rounds: int = 5
     # Local training per round: whole epochs, or a fixed number of optimizer steps when set.
@@ -129,6 +126,29 @@ class SimulationFederationConfig:
 
 
 @dataclass
+class LocalFederationConfig(FederatedExperimentConfig):
+    """One site trains on its own data (`data.site`); nothing leaves the machine. It trains
+    num_rounds x local_epochs epochs (conf/federation/local.yaml: num_rounds follows trainer.max_epochs)."""
+
+    mode: str = "local"
+
+
+@dataclass
+class PooledFederationConfig(FederatedExperimentConfig):
+    """Every federated site's training data trains one model on this machine (a simulation's
+    baseline, not a deployment); the model is evaluated on each site's and the server's test split."""
+
+    mode: str = "pooled"
+
+
+@dataclass
+class SimulationFederationConfig(FederatedExperimentConfig):
+    """N virtual sites on Flower's simulation engine (Ray), all on this machine."""
+
+    mode: str = "simulation"
+
+
+@dataclass
 class PartitionConfig:
     """How one data set becomes sites (simulation only)."""
 
@@ -147,6 +167,7 @@ SCHEMAS: Dict[str, type] = {
     "root": FlipConfig,
     "trainer/lightning": TrainerConfig,
     "federation/local": LocalFederationConfig,
+    "federation/pooled": PooledFederationConfig,
     "federation/simulation": SimulationFederationConfig,
     "federation/deployment": DeploymentFederationConfig,
     "partition/partition": PartitionConfig,

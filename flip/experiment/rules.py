@@ -7,7 +7,7 @@ from typing import Callable
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from flip.config.schema import job_of
+from flip.config.schema import BASELINE_MODES, job_of
 from flip.config.schema_deployment import deployment_problems
 from flip.config.strategies import strategy_problems
 from flip.data.fhir import schema as fhir
@@ -22,7 +22,7 @@ from flip.privacy.schema import cross_site_privacy_problems, privacy_problems
 
 BY_SITE_SOURCES = ("folder", "column", "attribute")
 
-IMPLEMENTED_MODES = ("local", "simulation", "deployment")
+IMPLEMENTED_MODES = ("local", "pooled", "simulation", "deployment")
 
 
 def _mode(cfg: DictConfig) -> list[str]:
@@ -83,8 +83,8 @@ def _positive(cfg: DictConfig) -> list[str]:
 
 def _federation(cfg: DictConfig) -> list[str]:
     federation = cfg.federation
-    if federation.mode == "local":
-        return []
+    if federation.mode in BASELINE_MODES:
+        return _baseline(federation)
     problems = []
     if federation.num_sites < 2:
         problems.append(f"federation.num_sites: a {federation.mode} run needs at least 2 sites, got {federation.num_sites}")
@@ -104,6 +104,14 @@ def _federation(cfg: DictConfig) -> list[str]:
     if federation.mode == "deployment":
         problems += deployment_problems(federation)
     return problems + strategy_problems(cfg.strategy, federation.num_sites)
+
+
+def _baseline(federation: DictConfig) -> list[str]:
+    """A baseline reads a federated recipe's sites and length; strategy and Flower keys it ignores."""
+    checks = {"num_sites": federation.num_sites, "num_rounds": federation.num_rounds, "local_epochs": federation.local_epochs}
+    if federation.local_steps is not None:
+        checks["local_steps"] = federation.local_steps
+    return [f"federation.{key}: must be at least 1, got {value}" for key, value in checks.items() if value < 1]
 
 
 def _sites(cfg: DictConfig) -> list[str]:
@@ -178,6 +186,8 @@ def _evaluation(cfg: DictConfig) -> list[str]:
     problems = []
     if job_of(cfg) == "evaluate" and not evaluation.checkpoint:
         problems.append("evaluation.checkpoint: job=evaluate evaluates a model: set it to a flip run directory or a Lightning checkpoint file")
+    if job_of(cfg) == "evaluate" and mode == "pooled":
+        problems.append("job: evaluate runs at one site (federation=local data.site=...) or at every site (federation=simulation), not pooled")
     if evaluation.cross_site:
         if mode == "local":
             problems.append("evaluation.cross_site: compares the models of a federation's sites; a local run has one site")

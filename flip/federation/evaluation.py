@@ -77,7 +77,10 @@ def evaluate_everywhere(
             keeper.site_withheld(server_round, f"{phase} ({model})", site, str(reply.content[WITHHELD]["reason"]))
         else:
             found.replies.setdefault(model, []).append((site, reply))
-            found.metrics.setdefault(model, {})[keeper.name(site)] = {k: float(v) for k, v in reply.content["metrics"].items()}
+            metrics = reply.content["metrics"] if "metrics" in reply.content else {}
+            # A site's reply is not trusted: only numbers are metrics.
+            numbers = {str(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            found.metrics.setdefault(model, {})[keeper.name(site)] = numbers
     for model, site, _ in outbox:
         if (model, site) not in answered:
             keeper.site_failed(server_round, f"{phase} ({model})", site, "no reply before federation.round_timeout")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from flip.config.schema import BASELINE_MODES
 from flip.config.strategies import sites_per_round
 from flip.privacy.guarantee import Guarantee, Release
 from flip.privacy.mechanisms.rules import is_number, positive_problems
@@ -83,11 +84,12 @@ class Mechanism:
         strategy = OmegaConf.to_container(cfg.strategy, resolve=True)
         secagg = privacy.get("secagg")
         problems = list(cls.value_problems(privacy))
-        if federation.mode == "local":
+        if federation.mode in BASELINE_MODES:
             if not cls.runs_locally:
                 problems.append(
-                    f"privacy.mechanism: {cls.name} protects what sites send to a server; a local run sends nothing "
-                    "(use federation=simulation, or privacy=dp_sgd for a private local model)"
+                    f"privacy.mechanism: {cls.name} protects what sites send to a server; a {federation.mode} run sends "
+                    "nothing (use federation=simulation, privacy=dp_sgd for a private local model, or privacy=none "
+                    "for a baseline without it)"
                 )
             if secagg is not None:
                 problems += SecAggPlus.local_problems()
