@@ -2,13 +2,14 @@
 
 Each site is a hospital with its own scanner (intensity gain and shift, noise level,
 rescale slope/intercept, window), label prevalence, size, lab assay and note style. Per
-patient, one latent label drives every modality: label 1 films carry a faint blob (the
-"lesion") inside a lung field, label 1 patients have higher CRP and leukocyte results and
-a pneumonia Condition in the FHIR export, and their notes mention pneumonia-like findings
-more often. Sites differ in what a model can learn from them alone: each site's lesions
-have their own typical size and contrast, and each burns its own marker into its own corner
-of more label 1 films than label 0 ones (as hospitals mark portable films, taken of the sicker
-patients): a shortcut that a model of one hospital learns and that does not hold at the next. Everything is
+patient, one latent label drives every modality: label 1 films carry a lesion inside a lung
+field, label 1 patients have higher CRP and leukocyte results and a pneumonia Condition in the
+FHIR export, and their notes mention pneumonia-like findings more often. Sites differ in what the
+disease looks like on their films, so one site's data shows only part of it: site-1's lesions are
+bright blobs (consolidation), site-2's dark blobs (hypodense), site-3's rings (a bright rim around
+a dark centre, as a cavity), and every later site (the held-out site-4 of the recipes) a mix of all
+three; each site also has its own typical lesion size and contrast. A model of one hospital learns
+its own kind and misses the others; one trained on every site sees them all. Everything is
 derived from the seed, so the same arguments always produce byte-identical files.
 """
 
@@ -33,7 +34,7 @@ from flip.data import synthetic_site_name
 from flip.data.synthetic.fhir import DISTRACTORS, INDEX_DATE, LABEL_CONDITION, LABS, LOINC, SNOMED, write_fhir
 from flip.data.synthetic.notes import make_notes, site_style, write_notes
 
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 
 log = logging.getLogger("flip.data")
 
@@ -46,7 +47,7 @@ _LABEL_COLUMNS = ["SOPInstanceUID", "path", "PatientID", "label"]
 _STREAMS = ("profile", "films", "fhir", "notes", "missing")
 _MISSING_FRACTION = 0.05
 MODALITIES = {  # where each modality lives and how the patient's latent label shows in it
-    "dicom": "site-N/dicom/<PatientID>/<n>.dcm, labels in site-N/labels.csv; label 1: a bright lesion",
+    "dicom": "site-N/dicom/<PatientID>/<n>.dcm, labels in site-N/labels.csv; label 1: a lesion, its kind per site",
     "fhir": "site-N/fhir/<ResourceType>.ndjson, FHIR R4B Bulk Data export; label 1: pneumonia Condition, "
     "higher CRP and leukocytes",
     "notes": "site-N/notes/<PatientID>.txt (UTF-8), labels in site-N/notes/labels.csv; label 1: pneumonia-like "
@@ -56,6 +57,9 @@ MISSING_MODALITIES = {
     "notes": "no notes/<PatientID>.txt, no row in notes/labels.csv and no DocumentReference",
     "observations": "no Observation resources (Patient and Conditions are still there)",
 }
+# Lesion kinds by site index (1-based); sites after the last one show a mix of all of them.
+LESION_KINDS = ("bright", "dark", "ring")
+MIXED = "mixed"
 _SCANNERS = (
     ("Synthetic Imaging Co", "SX-100"),
     ("Acme Radiography", "CR-2000"),
@@ -82,12 +86,11 @@ class Scanner:
 
 @dataclass(frozen=True)
 class Lesions:
-    """How lesions look at one site, and its corner marker's rate per label (the site's shortcut)."""
+    """How lesions look at one site: their kind (one of LESION_KINDS, or MIXED), size and contrast."""
 
-    sigma: float  # typical blob width, in half-film units
-    contrast: float  # typical blob height, in tissue units
-    marker_corner: int  # 0..3: top-left, top-right, bottom-left, bottom-right
-    marker_rate: tuple[float, float]  # P(marker | label 0), P(marker | label 1)
+    kind: str
+    sigma: float  # typical lesion width, in half-film units
+    contrast: float  # typical lesion height, in tissue units
 
 
 @dataclass(frozen=True)
@@ -132,26 +135,21 @@ def _make_scanner(rng: np.random.Generator, site_index: int, image_size: int) ->
     return Scanner(
         manufacturer=manufacturer,
         model=model,
-        gain=_rounded(rng.uniform(0.6, 1.5)),
-        shift=_rounded(rng.uniform(-0.3, 0.3)),
+        gain=_rounded(rng.uniform(0.7, 1.25)),
+        shift=_rounded(rng.uniform(-0.2, 0.1)),
         noise_std=_rounded(rng.uniform(0.04, 0.1)),
         rescale_slope=_rounded(rng.uniform(0.7, 1.0)),
         rescale_intercept=float(-1024 - rng.integers(0, 200)),
-        window_center=float(250 + rng.integers(-50, 51)),
-        window_width=float(2000 + rng.integers(-150, 151)),
+        window_center=float(350 + rng.integers(-50, 51)),
+        window_width=float(2600 + rng.integers(-150, 151)),
         pixel_spacing_mm=_rounded(_FIELD_OF_VIEW_MM / image_size * rng.uniform(0.9, 1.1)),
     )
 
 
 def _make_lesions(rng: np.random.Generator, site_index: int) -> Lesions:
-    """The site's lesion size and contrast, and its marker: in a corner of its own (sites 1-4
-    differ), on more label 1 films than label 0 ones."""
-    return Lesions(
-        sigma=_rounded(rng.uniform(0.06, 0.16)),
-        contrast=_rounded(rng.uniform(0.15, 0.4)),
-        marker_corner=(site_index - 1) % 4,
-        marker_rate=(_rounded(rng.uniform(0.1, 0.25)), _rounded(rng.uniform(0.55, 0.75))),
-    )
+    """The site's lesion kind (by its index), typical size and contrast."""
+    kind = LESION_KINDS[site_index - 1] if site_index <= len(LESION_KINDS) else MIXED
+    return Lesions(kind=kind, sigma=_rounded(rng.uniform(0.09, 0.14)), contrast=_rounded(rng.uniform(0.3, 0.45)))
 
 
 def _make_site(site_index: int, images_per_site: int, image_size: int, seed: int) -> Site:
@@ -202,22 +200,24 @@ def _anatomy(rng: np.random.Generator, y: np.ndarray, x: np.ndarray, lungs) -> n
     return 0.1 + 0.6 * body - 0.3 * lung_fields + bumps + rng.uniform(0.0, 0.08) * y
 
 
+def _shape(kind: str, y: np.ndarray, x: np.ndarray, centre, sigma: float) -> np.ndarray:
+    """A lesion of unit height: a bright or dark blob, or a ring (bright rim, dark centre)."""
+    if kind == "ring":
+        radius = np.sqrt((y - centre[0]) ** 2 + (x - centre[1]) ** 2)
+        rim = np.exp(-((radius - 1.6 * sigma) ** 2) / (2 * (0.45 * sigma) ** 2))
+        return rim - 0.8 * _gaussian(y, x, *centre, 0.7 * sigma)
+    return (1 if kind == "bright" else -1) * _gaussian(y, x, *centre, sigma)
+
+
 def _lesion(rng: np.random.Generator, y: np.ndarray, x: np.ndarray, lungs, lesions: Lesions) -> np.ndarray:
-    """A bright blob at a random spot inside one lung field, of about the site's size and contrast."""
+    """A lesion of the site's kind (a random kind at a MIXED site) at a random spot inside one lung
+    field, of about the site's size and contrast."""
     cy, cx, ry, rx = lungs[rng.integers(len(lungs))]
     angle, reach = rng.uniform(0, 2 * np.pi), np.sqrt(rng.uniform(0, 0.6))
     centre = (cy + reach * ry * np.sin(angle), cx + reach * rx * np.cos(angle))
     height = lesions.contrast * rng.uniform(0.7, 1.3)
-    return height * _gaussian(y, x, *centre, lesions.sigma * rng.uniform(0.8, 1.25))
-
-
-def _marker(image_size: int, corner: int) -> np.ndarray:
-    """A bright square burned into one corner, an eighth of the film wide."""
-    mark = np.zeros((image_size, image_size))
-    side, margin = max(2, image_size // 8), max(1, image_size // 16)
-    near, far = slice(margin, margin + side), slice(image_size - margin - side, image_size - margin)
-    mark[near if corner < 2 else far, near if corner % 2 == 0 else far] = 0.8
-    return mark
+    kind = str(rng.choice(LESION_KINDS)) if lesions.kind == MIXED else lesions.kind
+    return height * _shape(kind, y, x, centre, lesions.sigma * rng.uniform(0.8, 1.25))
 
 
 def _make_film(rng: np.random.Generator, image_size: int, label: int, lesions: Lesions) -> np.ndarray:
@@ -227,8 +227,6 @@ def _make_film(rng: np.random.Generator, image_size: int, label: int, lesions: L
     film = _anatomy(rng, y, x, lungs)
     if label:
         film = film + _lesion(rng, y, x, lungs, lesions)
-    if rng.random() < lesions.marker_rate[label]:
-        film = film + _marker(image_size, lesions.marker_corner)
     return film
 
 
