@@ -9,7 +9,8 @@ sites send to a server means nothing without sites, and `privacy=none` does not 
 mechanism's keys, so such a recipe's baselines are those of its twin without it on the same data
 (BASELINE_OF); DP-SGD trains every model alike. Prints one table of test AUROC per recipe, then
 `federated/pooled`: the federated model's test AUROC over every site's test predictions pooled,
-over the pooled model's; the last line is the smallest ratio (target >= 0.95).
+over the pooled model's, and each private run's epsilon; the last line is the smallest ratio
+(target >= 0.95).
 Usage: python tests/benchmarks/recipe_results.py [RECIPE...]
 """
 
@@ -79,6 +80,10 @@ def compare(recipe: str, work: Path, env: dict[str, str]) -> float:
     fed, pooled = federated["metrics"]["test/auroc"], rows["pooled"][0]["metrics"]["test/auroc"]
     print(f"federated/pooled test AUROC (all sites' test predictions pooled): {fed:.3f} / {pooled:.3f} = {fed / pooled:.3f}",
           flush=True)
+    for name, (summary, _) in rows.items():
+        privacy = summary.get("privacy") or {}
+        if privacy.get("epsilon") is not None:
+            print(f"{name}: epsilon {privacy['epsilon']:.2f} at delta {privacy.get('delta')}")
     return fed / pooled
 
 

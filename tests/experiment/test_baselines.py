@@ -62,4 +62,6 @@ def test_pooled_baseline_trains_every_federated_site_and_says_what_it_ignores():
     sites = baseline_sites(cfg)
     assert [name for name, _ in sites.trained] == ["site-1", "site-2", "site-3"]
     assert sites.held_out == "site-4" and sites.evaluated[-1][0] == "site-4"
-    assert unused_keys(cfg) == ["strategy (FedProx: one optimizer trains one model)", "federation.cpus_per_site"]
+    assert unused_keys(cfg) == [
+        "strategy (FedProx: one optimizer trains one model)", "federation.keep_optimizer_state", "federation.cpus_per_site"
+    ]
