@@ -16,6 +16,9 @@ if TYPE_CHECKING:  # torch loads on first use: the simulation driver starts Flow
     import torch
 
 METRICS_COLUMNS = ("round", "site", "split", "metric", "value")
+# The `site` of a federated run's rows about the global model: the sites' aggregate, the server's own evaluation.
+FEDERATED = "federated"
+SERVER = "server"
 
 
 def config_sha256(cfg: DictConfig) -> str:

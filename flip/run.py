@@ -79,6 +79,7 @@ def run(cfg: DictConfig, run_dir: Path, recipe: Path | None = None, resume: bool
     mode = cfg.federation.mode
     if resume and mode == "local":
         raise FlipError("--resume continues a federated run; a local run has no rounds to resume")
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     record = RunRecord(
         mode=mode,
         config_sha256=config_sha256(cfg),
@@ -87,10 +88,12 @@ def run(cfg: DictConfig, run_dir: Path, recipe: Path | None = None, resume: bool
         recipe=recipe,
         resumed=resume,
         manifest_extra={
-            "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+            "config": config,
             "config_file": {"path": ".hydra/config.yaml", "hash": RESOLVED_YAML},
             "overrides": read_overrides(run_dir),
         },
+        # A deployment is tracked by its server, which writes the rounds and holds the model.
+        tracker=None if mode == "deployment" else config.get("logger"),
     )
     runner = RUNNERS[mode]
     body = partial(runner, cfg, resume=True) if resume else partial(runner, cfg)

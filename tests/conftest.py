@@ -125,10 +125,15 @@ def flip_cli(cwd: Path, *args: str, timeout: float = 600) -> "subprocess.Complet
 
 def flip_run_dir(cwd: Path, *args: str) -> Path:
     """`flip run ARGS` in `cwd`; the run directory it made (under cwd/runs), once it succeeded."""
-    before = set((cwd / "runs").rglob("manifest.json"))
+    from flip.audit.run_directory import in_trackers
+
+    def manifests() -> set[Path]:  # a tracker's local store in logs/ keeps copies of the records
+        return {path for path in (cwd / "runs").rglob("manifest.json") if not in_trackers(path)}
+
+    before = manifests()
     result = flip_cli(cwd, "run", *args)
     assert result.returncode == 0, result.stderr[-3000:]
-    (manifest,) = set((cwd / "runs").rglob("manifest.json")) - before
+    (manifest,) = manifests() - before
     return manifest.parent
 
 
@@ -137,10 +142,17 @@ SIMULATION_OVERRIDES = ["dicom_synthetic_fedavg", *FAST_OVERRIDES, "federation.n
                         "federation.server_eval_site=site-3"]
 
 
+# The session's runs are tracked, and tests/audit/test_tracking.py reads the trackers back: the
+# local run into an MLflow store in its run directory (its model registered), the simulation
+# with TensorBoard.
+LOCAL_TRACKER = ["logger=mlflow", "logger.register_model=flip-local"]
+SIMULATION_TRACKER = ["logger=tensorboard"]
+
+
 @pytest.fixture(scope="session")
 def local_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One real local run of the default recipe (tests that change it work on a copy)."""
-    return flip_run_dir(tmp_path_factory.mktemp("local-run"), *FAST_OVERRIDES)
+    return flip_run_dir(tmp_path_factory.mktemp("local-run"), *FAST_OVERRIDES, *LOCAL_TRACKER)
 
 
 @pytest.fixture(scope="session")
@@ -148,7 +160,7 @@ def simulation_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One real simulation of 2 sites for 2 rounds (tests that change it work on a copy), with
     the label-skew options on: kept optimizer state goes through Flower's per-node state."""
     extra = ("federation.keep_optimizer_state=true", "model.logit_adjustment=1.0")
-    return flip_run_dir(tmp_path_factory.mktemp("simulation-run"), *SIMULATION_OVERRIDES, *extra)
+    return flip_run_dir(tmp_path_factory.mktemp("simulation-run"), *SIMULATION_OVERRIDES, *extra, *SIMULATION_TRACKER)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from flip.config.schema_deployment import deployment_problems
+from flip.config.schema_trackers import tracker_problems
 from flip.config.strategies import strategy_problems
 from flip.data.fhir import schema as fhir
 from flip.data.multimodal import schema as multimodal
@@ -171,9 +172,13 @@ def _modalities(cfg: DictConfig) -> list[str]:
     return []
 
 
+def _tracker(cfg: DictConfig) -> list[str]:
+    return tracker_problems(cfg.get("logger"))
+
+
 RULES: tuple[Callable[[DictConfig], list[str]], ...] = (
     _mode, privacy_problems, _metrics, models.rules, _splits, _data_source, _positive, _federation, _sites, _partition,
-    text.rules, text_model_problems, fhir.rules, multimodal.rules, _modalities,
+    text.rules, text_model_problems, fhir.rules, multimodal.rules, _modalities, _tracker,
 )
 
 

@@ -165,6 +165,7 @@ def serve_run(grid: Any, context: Any) -> None:
         recipe_sha256=str(run_config.get("flip-recipe-sha256", "")) or None,
         manifest_extra=extra,
         resumed=bool(resume),
+        tracker=extra["config"].get("logger"),  # the server tracks a deployment; sites never do
     )
 
     def body(run_directory: RunDirectory):
