@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from flip.audit.record import RunRecord, record_run
 from flip.audit.run_directory import RECIPE_COPY, RunDirectory, read_overrides
+from flip.audit.trackers import missing_package
 from flip.audit.verify import RESOLVED_YAML
 from flip.config.allowlist import AllowList, entry_problems, target_problems
 from flip.experiment.rules import rule_problems
@@ -65,6 +66,10 @@ def check_config(cfg: DictConfig) -> None:
     problems += target_problems(container, allowed, resolve=cfg.federation.mode == "local")
     if not problems and cfg.federation.mode != "local":
         problems += target_problems({"strategy": container["strategy"]}, allowed, resolve=True)
+    tracker = container.get("logger") or {}
+    missing = missing_package(str(tracker.get("kind"))) if cfg.federation.mode != "deployment" else None
+    if missing:  # this machine tracks a local run or a simulation (a deployment's server tracks its own)
+        problems.append(f"logger: {missing}")
     if problems:
         raise ConfigError(problems)
 

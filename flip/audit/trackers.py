@@ -36,6 +36,8 @@ class Backend:
     """One tracker: a Lightning logger (`self.logger` once open) and what it does with files."""
 
     kind = ""
+    # The module its Lightning logger needs, and the extra that installs it.
+    needs: tuple[str, str] | None = None
 
     def __init__(self, settings: Mapping[str, Any], run: RunIdentity):
         self.settings, self.run = settings, run
@@ -72,6 +74,7 @@ class TensorBoardBackend(Backend):
     the plots as images."""
 
     kind = "tensorboard"
+    needs = ("tensorboard", "flip-fl[tensorboard]")
 
     def open(self) -> None:
         from lightning.pytorch.loggers import TensorBoardLogger
@@ -99,6 +102,7 @@ class MlflowBackend(Backend):
     model in the model registry. With no `tracking_uri`, a SQLite store in `logs/mlflow/`."""
 
     kind = "mlflow"
+    needs = ("mlflow", "flip-fl[mlflow]")
 
     @property
     def local_store(self) -> Path:
@@ -158,6 +162,16 @@ class MlflowBackend(Backend):
 
 
 BACKENDS: dict[str, type[Backend]] = {backend.kind: backend for backend in (CsvBackend, TensorBoardBackend, MlflowBackend)}
+
+
+def missing_package(kind: str) -> str | None:
+    """Why the tracker `kind` cannot run here (its package is not installed), or None; imports nothing."""
+    from importlib.util import find_spec
+
+    backend = BACKENDS.get(kind)
+    if backend is None or backend.needs is None or find_spec(backend.needs[0]) is not None:
+        return None
+    return f"logger={kind} needs the {backend.needs[0]} package, which is not installed: pip install '{backend.needs[1]}'"
 
 
 def backend_for(settings: Mapping[str, Any], run: RunIdentity) -> Backend:

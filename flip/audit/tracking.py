@@ -34,7 +34,7 @@ from flip.audit.run_directory import (
     RunDirectory,
     read_metric_rows,
 )
-from flip.audit.trackers import CONFIG_FOLDER, PLOTS_FOLDER, Backend, RunIdentity, backend_for
+from flip.audit.trackers import CONFIG_FOLDER, PLOTS_FOLDER, Backend, RunIdentity, backend_for, missing_package
 from flip.results import FEDERATED
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,11 @@ class Tracker:
     def _open(self) -> bool:
         """Open the backend once; False (after one warning) when it cannot be."""
         if not self.opened:
+            missing = missing_package(self.backend.kind)
+            if missing:
+                self.off = True
+                log.warning("%s: %s; the run goes on without it", self.label, missing)
+                return False
             try:
                 self.backend.open()
             except Exception as error:  # noqa: BLE001

@@ -51,6 +51,7 @@ def test_metric_names_are_the_same_in_every_mode():
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*noload.*:DeprecationWarning")  # SQLAlchemy's, about MLflow's store
 def test_mlflow_holds_the_local_runs_metrics_records_and_model(local_run, tmp_path):
     from mlflow.tracking import MlflowClient
 
