@@ -5,7 +5,7 @@ same names. The step is the round (a local run's epoch is its round). The global
 are `<split>/<metric>` (a federated run's aggregate over sites, a local run's one site), the
 server's evaluation `server/<split>/<metric>`, a site's `<site>/<split>/<metric>`. A round is
 logged when it ends; when the run ends, whatever else metrics.csv holds (a local run's final
-test, round times), then the records as files and, if asked, the final model in the registry.
+test; round times aside), then the records as files and, if asked, the final model in the registry.
 
 It opens (imports Lightning, connects) when the first round is in, not at start, so a
 federation's start-up does not wait for it. It never stops a run: a tracker that cannot be
@@ -38,6 +38,8 @@ from flip.audit.trackers import CONFIG_FOLDER, PLOTS_FOLDER, Backend, RunIdentit
 from flip.results import FEDERATED
 
 log = logging.getLogger(__name__)
+# metrics.csv's split of round times: not the model's, and left out of round events too.
+TIMINGS = "time"
 # How a run's end reads in a Lightning logger's `finalize`.
 FINAL_STATUS = {"completed": "success", "failed": "failed", "interrupted": "KILLED"}
 
@@ -141,6 +143,8 @@ class Tracker:
         if (run_dir / METRICS).is_file():
             by_round: dict[int, dict[str, float]] = defaultdict(dict)
             for row in read_metric_rows(run_dir):
+                if row["split"] == TIMINGS:
+                    continue
                 key = f"{row['site']}:{row['split']}/{row['metric']}"
                 by_round[int(row["round"])][metric_name(key, self.local)] = float(row["value"])
             for step in sorted(by_round):

@@ -149,6 +149,12 @@ def test_a_tls_federation_of_two_authenticated_sites_matches_the_simulation(fede
     assert (server_dir / ".hydra" / "config.yaml").is_file() and (server_dir / f"{RECIPE}.log").is_file()
     rows = list(csv.DictReader((server_dir / "metrics.csv").open()))
     assert {row["site"] for row in rows} == {"site-1", "site-2", "federated", "server"}
+    # The server tracks a deployment (the default tracker, csv), the rounds as steps; `flip run` does not.
+    tracked = {int(row["step"]): row for row in csv.DictReader((server_dir / "logs" / "csv" / "metrics.csv").open())}
+    for row in rows:
+        if row["site"] == "federated" and row["split"] == "val":
+            assert float(tracked[int(row["round"])][f"val/{row['metric']}"]) == pytest.approx(float(row["value"]))
+    assert sorted(tracked) == list(range(1, ROUNDS + 1)) and not (local / "logs").exists()  # one row per round
     manifest = json.loads((server_dir / "manifest.json").read_text())
     assert manifest["status"] == "completed" and manifest["site_versions"] == {"site-1": "0.1.0", "site-2": "0.1.0"}
     assert not any("--token" in part for part in manifest["command"])
