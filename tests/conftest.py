@@ -165,9 +165,11 @@ def simulation_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def local_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real 2-job sweep (seed=0,1) of local runs: its sweep directory."""
+    """A real 2-job sweep (seed=0,1) of local runs: its sweep directory. Both jobs are tracked in
+    one MLflow store beside it, `mlflow.db`."""
     cwd = tmp_path_factory.mktemp("sweep")
-    result = flip_cli(cwd, "run", *FAST_OVERRIDES, "-m", "seed=0,1")
+    tracker = ["logger=mlflow", f"logger.tracking_uri=sqlite:///{cwd / 'mlflow.db'}"]
+    result = flip_cli(cwd, "run", *FAST_OVERRIDES, *tracker, "-m", "seed=0,1")
     assert result.returncode == 0, result.stderr[-3000:]
     (multirun,) = (cwd / "runs").rglob("multirun.yaml")
     return multirun.parent

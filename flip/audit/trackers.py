@@ -20,6 +20,7 @@ from flip.errors import FlipError
 
 # Artifacts' folders: a file goes to `<folder>/<name>` ("" for the top).
 CONFIG_FOLDER, PLOTS_FOLDER, MODEL_FOLDER = "config", "plots", "model"
+SQLITE = "sqlite:///"
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ class MlflowBackend(Backend):
     @property
     def where(self) -> str:
         uri = self.settings.get("tracking_uri")
-        return str(uri) if uri else f"sqlite:///{(self.local_store / 'mlflow.db').resolve()}"
+        return str(uri) if uri else f"{SQLITE}{(self.local_store / 'mlflow.db').resolve()}"
 
     def open(self) -> None:
         # An unreachable server is given up at once rather than retried for minutes; a retry
@@ -119,9 +120,10 @@ class MlflowBackend(Backend):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(float(self.settings.get("request_timeout") or 10))))
         artifacts = None
-        if not self.settings.get("tracking_uri"):
-            self.local_store.mkdir(parents=True, exist_ok=True)
-            artifacts = (self.local_store / "artifacts").resolve().as_uri()
+        if self.where.startswith(SQLITE):  # a new experiment's artifacts go beside the database, not in the cwd
+            database = Path(self.where.removeprefix(SQLITE))
+            database.parent.mkdir(parents=True, exist_ok=True)
+            artifacts = (database.parent / "artifacts").resolve().as_uri()
         for name in ("alembic", "mlflow.store.db.utils"):  # a new store's set-up, line by line
             logging.getLogger(name).setLevel(logging.WARNING)
         with warnings.catch_warnings():

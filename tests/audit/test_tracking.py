@@ -179,3 +179,38 @@ def test_bad_tracker_settings_are_named():
         "give them in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD instead",
         "logger.register_model: is empty (null picks the default)",
     ]
+
+
+def test_a_site_runs_a_tracked_config_without_tracking(tmp_path, monkeypatch, caplog):
+    from flip.experiment.validate import validate
+    from flip.federation.site import train_round
+    from flip.training import build_model
+    from tests.conftest import at_site
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    overrides = [*FAST_OVERRIDES, "federation.num_sites=2", "logger=mlflow", f"logger.tracking_uri={uri}", "logger.register_model=m"]
+    cfg = validate(resolve_recipe("dicom_synthetic_fedavg"), overrides)
+    monkeypatch.chdir(tmp_path)
+    site_cfg, site = at_site(cfg, 0)  # accepted: the tracker is the server's business
+    assert site_cfg.logger.tracking_uri == uri
+    with caplog.at_level(logging.INFO):
+        train_round(site_cfg, site, build_model(cfg).state_dict(), server_round=1)
+    assert not any("tracker" in record.getMessage() for record in caplog.records)
+    assert list(tmp_path.iterdir()) == []  # no store, no event files, no logs/
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*noload.*:DeprecationWarning")
+def test_each_job_of_a_sweep_is_a_run_of_its_own_in_a_shared_store(local_sweep):
+    from mlflow.tracking import MlflowClient
+
+    store = local_sweep.parent.parent.parent  # the sweep's working directory: runs/<date>/<sweep>
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("dicom_synthetic_local")
+    assert experiment.artifact_location == (store / "artifacts").resolve().as_uri()  # beside the database
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.run_name"])
+    jobs = sorted(path.parent for path in local_sweep.rglob("summary.json"))
+    assert [run.info.run_name for run in runs] == ["/".join(job.parts[-2:]) for job in jobs]
+    for run, job in zip(runs, jobs):
+        summary = json.loads((job / "summary.json").read_text())
+        assert run.data.tags["flip.seed"] == str(summary["seed"]) and run.data.metrics["test/loss"] == summary["metrics"]["test/loss"]
