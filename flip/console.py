@@ -13,22 +13,37 @@ err_console = Console(stderr=True)
 
 
 def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
-    unit = "epoch" if summary["mode"] == "local" else "round"
-    table = Table(title=f"{summary['recipe']} · {summary['mode']} · {summary['rounds']} {unit}(s)")
+    unit = "epoch" if summary["mode"] in ("local", "pooled") else "round"
+    evaluated = summary.get("job") == "evaluate"
+    done = "evaluation only" if evaluated else f"{summary['rounds']} {unit}(s)"
+    table = Table(title=f"{summary['recipe']} · {summary['mode']} · {done}")
     table.add_column("metric")
-    table.add_column("final", justify="right")
-    table.add_column(f"best ({unit} {summary['best_metrics'].get('round', '?')})", justify="right")
+    table.add_column("value" if evaluated else "final", justify="right")
+    if not evaluated:
+        table.add_column(f"best ({unit} {summary['best_metrics'].get('round', '?')})", justify="right")
     best = summary["best_metrics"]
     for key, value in summary["metrics"].items():
         best_value = best.get(key)
-        table.add_row(key, f"{value:.4f}", "" if best_value is None else f"{best_value:.4f}")
+        table.add_row(key, f"{value:.4f}", *([] if evaluated else ["" if best_value is None else f"{best_value:.4f}"]))
     console.print(table)
+    if summary.get("evaluated"):
+        console.print(f"evaluated {summary['evaluated']['checkpoint']}")
+    if cross_site := summary.get("cross_site"):
+        console.print(
+            f"cross-site {cross_site['metric']}: global model {_shown(cross_site['global_mean_over_sites'])} over the sites, "
+            f"site models {_shown(cross_site['site_models_mean_on_own_site'])} at home and "
+            f"{_shown(cross_site['site_models_mean_on_other_sites'])} elsewhere (cross_site.csv)"
+        )
     privacy = summary.get("privacy") or {}
     if privacy.get("mechanism", "none") != "none" or privacy.get("secure_aggregation"):
         console.print(f"privacy {privacy_line(privacy)}")
     if summary.get("stop_reason"):
         console.print(f"[yellow]stopped early:[/yellow] {summary['stop_reason']}")
     console.print(f"model sha256 {summary['model_sha256'][:16]}…  run directory [bold]{run_dir}[/bold]")
+
+
+def _shown(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def privacy_line(privacy: dict[str, Any]) -> str:

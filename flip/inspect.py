@@ -32,12 +32,9 @@ def site_overrides(cfg: DictConfig) -> list[dict[str, Any]]:
     """The data settings of every site, exactly as `flip run` gives them to each simulated site."""
     if cfg.federation.mode == "local":
         return [{}]
-    from flip.federation.simulated_sites import simulated_site_names, simulated_site_settings
+    from flip.federation.simulated_sites import site_data_overrides
 
-    sites = []
-    for site in simulated_site_settings(cfg, simulated_site_names(cfg)):
-        own_root = site["data"].get("root") is not None and "synthetic" in cfg.data
-        sites.append({**site["data"], **({"synthetic": None} if own_root else {}), "partition": site["partition"]})
+    sites = [overrides for _, overrides in site_data_overrides(cfg)]
     server_site = cfg.federation.get("server_eval_site")
     return [*sites, {"site": server_site}] if server_site else sites
 

@@ -133,11 +133,52 @@ def roc_figure(positives: list[int], negatives: list[int], title: str) -> Figure
     return figure
 
 
+def calibration_figure(positives: list[int], negatives: list[int], title: str) -> Figure:
+    """Observed positive fraction against mean predicted probability, from score counts per bin."""
+    from flip.pooled_metrics import calibration_curve
+
+    predicted, observed, items = calibration_curve(positives, negatives)
+    figure, axes = _figure(title)
+    axes.plot([0, 1], [0, 1], linestyle=":", color="grey", label="perfect calibration")
+    axes.plot(predicted, observed, marker="o", linewidth=2, label=f"{int(items.sum())} items")
+    axes.set_xlabel("mean predicted probability")
+    axes.set_ylabel("observed positive fraction")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.set_aspect("equal")
+    axes.legend(loc="upper left", fontsize="small")
+    return figure
+
+
+def cross_site_figure(table: dict[str, dict[str, float]], metric: str) -> Figure:
+    """A heat map of `metric` for each model (rows) at each site (columns), values written in."""
+    models = list(table)
+    sites = sorted({site for by_site in table.values() for site in by_site})
+    values = [[table[model].get(site, float("nan")) for site in sites] for model in models]
+    figure = Figure(figsize=(1.6 + 1.3 * len(sites), 1.2 + 0.6 * len(models)), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    image = axes.imshow(values, cmap="viridis", aspect="auto")
+    figure.colorbar(image, ax=axes, label=metric)
+    axes.set_xticks(range(len(sites)), sites, rotation=30, ha="right")
+    axes.set_yticks(range(len(models)), [f"{model} model" for model in models])
+    axes.set_xlabel("evaluated at")
+    axes.set_title(f"cross-site evaluation: {metric}")
+    low, high = image.get_clim()
+    for row, model_values in enumerate(values):
+        for column, value in enumerate(model_values):
+            if value == value:  # not NaN
+                dark = high > low and (value - low) / (high - low) < 0.6
+                axes.text(column, row, f"{value:.3f}", ha="center", va="center", color="white" if dark else "black", fontsize="small")
+    return figure
+
+
 def plot_files(rows: list[Row], monitor: str, test_counts: tuple[list[int], list[int]] | None = None) -> dict[str, bytes]:
     """`plots/<name>.png` -> PNG bytes, for the run directory's writer; with the final model's
-    test score counts (pooled over sites), its ROC curve too."""
+    test score counts (pooled over sites), its ROC and calibration curves too."""
     figures = run_plots(rows, monitor)
     if test_counts is not None:
         figures["roc.png"] = roc_figure(*test_counts, "ROC of the final model on the test split(s)")
+        figures["calibration.png"] = calibration_figure(*test_counts, "calibration of the final model on the test split(s)")
     return {f"{PLOTS}/{name}": png_bytes(figure) for name, figure in figures.items()}
 

@@ -19,6 +19,13 @@ METRICS_COLUMNS = ("round", "site", "split", "metric", "value")
 # The `site` of a federated run's rows about the global model: the sites' aggregate, the server's own evaluation.
 FEDERATED = "federated"
 SERVER = "server"
+# A metric's interval bounds (evaluation.bootstrap) are `<metric>_ci_low` and `<metric>_ci_high`.
+CI_LOW, CI_HIGH = "ci_low", "ci_high"
+
+
+def is_interval(metric: str) -> bool:
+    """Whether a metric name is an interval bound, which is not averaged over sites."""
+    return metric.endswith((f"_{CI_LOW}", f"_{CI_HIGH}"))
 
 
 def config_sha256(cfg: DictConfig) -> str:
@@ -85,3 +92,38 @@ def _json_safe(value: Any) -> Any:
 
 def write_json(path: Path, payload: Mapping[str, Any]) -> None:
     path.write_text(json.dumps(_json_safe(dict(payload)), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+# Cross-site evaluation (evaluation.cross_site): the matrix and its heat map in the run directory.
+CROSS_SITE_CSV, CROSS_SITE_PNG = "cross_site.csv", "cross_site.png"
+CROSS_SITE_COLUMNS = ("model", "site", "split", "metric", "value")
+GLOBAL_MODEL = "global"
+
+
+def cross_site_headline(rows: list[dict[str, Any]], site_names: list[str]) -> dict[str, Any]:
+    """What summary.json says of the matrix: its metric (test AUROC where there is one), each
+    model's value per site, the global model's mean over sites and each site model's mean over
+    the other sites."""
+    metrics = {row["metric"] for row in rows if row["split"] == "test"}
+    metric = next((m for m in ("auroc", "accuracy", "loss") if m in metrics), min(metrics) if metrics else None)
+    if metric is None:
+        return {}
+    table: dict[str, dict[str, float]] = {}
+    for row in rows:
+        if row["split"] == "test" and row["metric"] == metric:
+            table.setdefault(row["model"], {})[row["site"]] = row["value"]
+
+    def mean(values: list[float]) -> float | None:
+        return sum(values) / len(values) if values else None
+
+    on_sites = set(site_names)
+    global_values = [v for site, v in table.get(GLOBAL_MODEL, {}).items() if site in on_sites]
+    others = [v for model, by_site in table.items() if model != GLOBAL_MODEL for site, v in by_site.items() if site in on_sites and site != model]
+    own = [by_site[model] for model, by_site in table.items() if model in by_site]
+    return {
+        "metric": f"test/{metric}",
+        "models": table,
+        "global_mean_over_sites": mean(global_values),
+        "site_models_mean_on_own_site": mean(own),
+        "site_models_mean_on_other_sites": mean(others),
+    }

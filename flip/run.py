@@ -15,6 +15,7 @@ from flip.audit.run_directory import RECIPE_COPY, RunDirectory, read_overrides
 from flip.audit.trackers import missing_package
 from flip.audit.verify import RESOLVED_YAML
 from flip.config.allowlist import AllowList, entry_problems, target_problems
+from flip.config.schema import BASELINE_MODES, job_of
 from flip.experiment.rules import rule_problems
 from flip.errors import ConfigError, FlipError
 from flip.results import config_sha256
@@ -24,12 +25,11 @@ log = logging.getLogger(__name__)
 
 
 def _local(cfg: DictConfig, directory: RunDirectory) -> ModeResult:
-    from flip.local import run_local
+    from flip.local import evaluate_local, run_local
     from flip.training import configure_torch
 
     configure_torch(cfg)
-
-    return run_local(cfg, directory)
+    return evaluate_local(cfg, directory) if job_of(cfg) == "evaluate" else run_local(cfg, directory)
 
 
 def _simulation(cfg: DictConfig, directory: RunDirectory, resume: bool = False) -> ModeResult:
@@ -44,7 +44,8 @@ def _deployment(cfg: DictConfig, directory: RunDirectory, resume: bool = False) 
     return run_deployment_mode(cfg, directory.path, resume=resume)
 
 
-RUNNERS: dict[str, Callable[..., ModeResult]] = {"local": _local, "simulation": _simulation, "deployment": _deployment}
+# local and pooled: one model trained on this machine (flip.local), on one site or on every site.
+RUNNERS: dict[str, Callable[..., ModeResult]] = {"local": _local, "pooled": _local, "simulation": _simulation, "deployment": _deployment}
 
 
 @dataclass
@@ -63,9 +64,19 @@ def check_config(cfg: DictConfig) -> None:
     container = OmegaConf.to_container(cfg, resolve=True)
     allowed = AllowList.of(cfg.allowed_targets)
     problems = rule_problems(cfg) + entry_problems(container.get("allowed_targets"), "allowed_targets")
-    problems += target_problems(container, allowed, resolve=cfg.federation.mode == "local")
-    if not problems and cfg.federation.mode != "local":
+    baseline = cfg.federation.mode in BASELINE_MODES
+    problems += target_problems(container, allowed, resolve=baseline)
+    if not problems and not baseline:
         problems += target_problems({"strategy": container["strategy"]}, allowed, resolve=True)
+        problems += target_problems({"evaluation": container["evaluation"]}, allowed, resolve=True)
+    if not problems and cfg.evaluation.metrics:  # they passed the allow-list: built now, on scores shaped as the model's
+        from flip.models.evaluation import fit_problems
+
+        problems += fit_problems(cfg)
+    if not problems and job_of(cfg) == "evaluate" and cfg.federation.mode != "deployment":
+        from flip.local import checked_checkpoint
+
+        checked_checkpoint(cfg)  # here, not after the sites started: a missing or unfit checkpoint
     tracker = container.get("logger") or {}
     missing = missing_package(str(tracker.get("kind"))) if cfg.federation.mode != "deployment" else None
     if missing:  # this machine tracks a local run or a simulation (a deployment's server tracks its own)
@@ -82,8 +93,8 @@ def run(cfg: DictConfig, run_dir: Path, recipe: Path | None = None, resume: bool
     """
     check_config(cfg)
     mode = cfg.federation.mode
-    if resume and mode == "local":
-        raise FlipError("--resume continues a federated run; a local run has no rounds to resume")
+    if resume and mode in BASELINE_MODES:
+        raise FlipError(f"--resume continues a federated run; a {mode} run has no rounds to resume")
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     record = RunRecord(
         mode=mode,

@@ -52,5 +52,9 @@ class ModeResult:
     site_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     # The final model's score counts per split, pooled over sites: (positives, negatives) per bin.
     score_counts: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)
+    # evaluation.cross_site: one row per model, site, split and metric (cross_site.csv).
+    cross_site: list[dict[str, Any]] = field(default_factory=list)
+    # job=evaluate: the checkpoint evaluated (its path and sha256).
+    evaluated: dict[str, Any] = field(default_factory=dict)
     # What the mode adds to manifest.json (a deployment: the server's run id and run directory).
     manifest_extra: dict[str, Any] = field(default_factory=dict)

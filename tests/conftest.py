@@ -137,6 +137,9 @@ def flip_run_dir(cwd: Path, *args: str) -> Path:
     return manifest.parent
 
 
+# The shared simulation's recipe: the flagship one with cross-site evaluation after the last round.
+CROSS_SITE_RECIPE = "dicom_synthetic_cross_site"
+SIMULATION_EXTRA = ("federation.keep_optimizer_state=true", "model.logit_adjustment=1.0")
 # A 2-site, 2-round simulation of the flagship recipe, at the size of FAST_OVERRIDES.
 SIMULATION_OVERRIDES = ["dicom_synthetic_fedavg", *FAST_OVERRIDES, "federation.num_sites=2", "federation.num_rounds=2",
                         "federation.server_eval_site=site-3"]
@@ -158,9 +161,10 @@ def local_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def simulation_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One real simulation of 2 sites for 2 rounds (tests that change it work on a copy), with
-    the label-skew options on: kept optimizer state goes through Flower's per-node state."""
-    extra = ("federation.keep_optimizer_state=true", "model.logit_adjustment=1.0")
-    return flip_run_dir(tmp_path_factory.mktemp("simulation-run"), *SIMULATION_OVERRIDES, *extra, *SIMULATION_TRACKER)
+    the label-skew options on (kept optimizer state goes through Flower's per-node state) and
+    cross-site evaluation after the last round."""
+    cwd = tmp_path_factory.mktemp("simulation-run")
+    return flip_run_dir(cwd, CROSS_SITE_RECIPE, *SIMULATION_OVERRIDES[1:], *SIMULATION_EXTRA, *SIMULATION_TRACKER)
 
 
 @pytest.fixture(scope="session")

@@ -58,3 +58,22 @@ def test_checkpoint_weights_are_plain_tensors(local_run):
     run = local_run
     checkpoint = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     assert all(isinstance(value, torch.Tensor) for value in checkpoint["state_dict"].values())
+
+
+def test_pooled_baseline_trains_on_the_federations_sites_and_tests_on_each(tmp_path):
+    """`federation=pooled` on the flagship federated recipe, unchanged: one model trained on every
+    federated site's training split (not the server's held-out site), tested on each site's split."""
+    from tests.conftest import FAST_OVERRIDES, flip_run_dir
+
+    run = flip_run_dir(tmp_path, "dicom_synthetic_fedavg", *FAST_OVERRIDES, "federation=pooled", "federation.num_sites=2",
+                       "federation.server_eval_site=site-3", "federation.num_rounds=1")
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["mode"], summary["rounds"]) == ("pooled", 1)
+    assert [site["site"] for site in summary["sites"]] == ["site-1", "site-2"]
+    trained = sum(site["split_sizes"][0] for site in summary["sites"])
+    log = (run / "dicom_synthetic_fedavg.log").read_text()
+    assert f"training on pooled: {trained} train" in log
+    assert "pooled baseline: trains on site-1, site-2 for 1 epochs" in log and "site-3 (the server's held-out site)" in log
+    assert set(summary["site_metrics"]) == {"site-1", "site-2", "site-3"}
+    assert all("test/auroc" in metrics for metrics in summary["site_metrics"].values())
+    assert summary["metrics"]["server:test/auroc"] == summary["site_metrics"]["site-3"]["test/auroc"]

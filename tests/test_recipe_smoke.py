@@ -31,6 +31,8 @@ def smoke_overrides(recipe) -> list[str]:
 RUN_ELSEWHERE = {
     "dicom_synthetic_local": "tests/test_local_run.py (the session's local_run)",
     "dicom_synthetic_fedavg": "tests/federation/test_startup.py, tests/federation/test_simulation.py",
+    "dicom_synthetic_cross_site": "tests/conftest.py (the session's simulation_run)",
+    "dicom_synthetic_evaluate": "tests/test_evaluation.py (on the session's simulation_run)",
 }
 
 

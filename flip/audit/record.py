@@ -4,6 +4,8 @@ in the server's runs folder, `flip run` in the Hydra run directory)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -11,8 +13,20 @@ from pathlib import Path
 from typing import Any, Callable
 
 from flip.audit.manifest import now_iso, run_environment, start_manifest
-from flip.audit.run_directory import MANIFEST, ROUND_ENDED, RUN_ENDED, RUN_STARTED, SUMMARY, RunDirectory, read_events
+from flip.audit.run_directory import (
+    MANIFEST,
+    ROUND_ENDED,
+    RUN_ENDED,
+    RUN_STARTED,
+    SITE_MODELS,
+    SUMMARY,
+    RunDirectory,
+    load_weights,
+    read_events,
+)
+from flip.results import CROSS_SITE_COLUMNS, CROSS_SITE_CSV, CROSS_SITE_PNG, cross_site_headline, model_sha256
 from flip.audit.tracking import Tracker, start_tracking
+from flip.config.schema import BASELINE_MODES
 from flip.run_types import ModeResult, SiteReport
 
 
@@ -86,8 +100,10 @@ def record_run(directory: RunDirectory, record: RunRecord, body: Callable[[RunDi
 
     for name, png in plot_files(result.table.rows, record.monitor, result.score_counts.get("test")).items():
         directory.write_bytes(name, png)
+    cross_site = write_cross_site(directory, result.cross_site, [site.site for site in result.sites])
     summary = {
         "mode": record.mode,
+        "job": "evaluate" if result.evaluated else "train",
         "recipe": _recipe_name(record),
         "status": "completed",
         "config_sha256": record.config_sha256,
@@ -105,6 +121,10 @@ def record_run(directory: RunDirectory, record: RunRecord, body: Callable[[RunDi
         "stop_reason": result.stop_reason,
         "wall_time_s": round(wall_time, 3),
     }
+    if result.evaluated:
+        summary["evaluated"] = result.evaluated
+    if cross_site:
+        summary["cross_site"] = cross_site
     directory.write_json(SUMMARY, summary)
     directory.emit(RUN_ENDED, status="completed", rounds=result.rounds, model_sha256=result.model_sha256, metrics=result.metrics)
     if tracker is not None:
@@ -131,11 +151,30 @@ def _tracker(directory: RunDirectory, record: RunRecord) -> Tracker | None:
     config = record.manifest_extra.get("config") or {}
     tags = {"flip.mode": record.mode, "flip.config_sha256": record.config_sha256, "flip.seed": record.seed,
             "flip.recipe": _recipe_name(record), "flip.run_dir": str(directory.path.resolve())}
-    return start_tracking(record.tracker, directory, local=record.mode == "local", recipe=_recipe_name(record), tags=tags, params=config)
+    local = record.mode in BASELINE_MODES  # one model trained here: its metrics are the run's own
+    return start_tracking(record.tracker, directory, local=local, recipe=_recipe_name(record), tags=tags, params=config)
 
 
 def _recipe_name(record: RunRecord) -> str | None:
     return record.recipe.stem if record.recipe else record.recipe_name
+
+
+def write_cross_site(directory: RunDirectory, rows: list[dict[str, Any]], site_names: list[str]) -> dict[str, Any]:
+    """cross_site.csv (every model, site, split and metric) and cross_site.png (a heat map of the
+    headline metric); returns the headline for summary.json ({} without cross-site evaluation)."""
+    if not rows:
+        return {}
+    from flip.plots import cross_site_figure, png_bytes
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CROSS_SITE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    directory.write_bytes(CROSS_SITE_CSV, buffer.getvalue().encode())
+    headline = cross_site_headline(rows, site_names)
+    if headline:
+        directory.write_bytes(CROSS_SITE_PNG, png_bytes(cross_site_figure(headline["models"], headline["metric"])))
+    return headline
 
 
 def data_record(site: SiteReport) -> dict[str, Any]:
@@ -154,9 +193,13 @@ def model_records(directory: RunDirectory, result: ModeResult) -> dict[str, Any]
     """sha256 of the global model after every round (0: the initial one), the final and the best."""
     rounds = {int(event["round"]): event["model_sha256"] for event in read_events(directory.path) if event["event"] == ROUND_ENDED}
     best_round = result.best_metrics.get("round")
-    return {
+    records = {
         "rounds": {str(round_): rounds[round_] for round_ in sorted(rounds)},
         "final": result.model_sha256,
         "best_round": best_round,
         "best": rounds.get(best_round) if isinstance(best_round, int) else None,
     }
+    site_models = sorted((directory.checkpoints / SITE_MODELS).glob("*.ckpt"))
+    if site_models:  # evaluation.cross_site: each site's own model, as evaluated
+        records["sites"] = {path.stem: model_sha256(load_weights(path)) for path in site_models}
+    return records

@@ -31,6 +31,7 @@ CHECKPOINTS = "checkpoints"
 HYDRA = ".hydra"
 FINAL = "final.ckpt"
 BEST = "best.ckpt"
+SITE_MODELS = "sites"  # under checkpoints/: each site's last local model (evaluation.cross_site)
 # A deployment server's config as received: its sha256 is the run's config hash (what sites approve).
 SHIPPED_CONFIG = "shipped_config.json"
 # A copy of the recipe as it was, for when the original moves or changes (`flip audit reproduce`).
@@ -89,6 +90,13 @@ class RunDirectory:
         self._save_checkpoint(self.checkpoints / FINAL, state, hparams, round_)
         return model_sha256(state)
 
+    def save_site_model(self, site: str, state: Mapping[str, torch.Tensor], hparams: Mapping[str, Any], round_: int) -> str:
+        """`sites/<site>.ckpt`: a site's last local model, as cross-site evaluation evaluated it."""
+        if not is_plain_name(site):
+            raise FlipError(f"cannot save the model of site {site!r}: not a plain site name")
+        self._save_checkpoint(self.checkpoints / SITE_MODELS / f"{site}.ckpt", state, hparams, round_)
+        return model_sha256(state)
+
     def _save_checkpoint(self, path: Path, state: Mapping[str, torch.Tensor], hparams: Mapping[str, Any], round_: int) -> None:
         """Weights and the model's hyperparameters: what `Model.load_from_checkpoint` needs."""
         import torch
@@ -144,6 +152,11 @@ def sealed_files(run_dir: Path) -> list[str]:
     """The files a completed manifest lists (relative POSIX paths): all but itself and `logs/`."""
     relatives = sorted(path.relative_to(run_dir).as_posix() for path in run_dir.rglob("*") if path.is_file())
     return [relative for relative in relatives if relative != MANIFEST and not relative.startswith(f"{TRACKERS}/")]
+
+
+def is_plain_name(name: str) -> bool:
+    """A name that is one file name and nothing more: letters, digits, '-', '_', '.', not hidden."""
+    return bool(name) and not name.startswith(".") and all(c.isalnum() or c in "-_." for c in name)
 
 
 def is_run_dir(path: Path) -> bool:

@@ -2,8 +2,9 @@
 
 The tracker listens to the run directory's events, so every mode is tracked alike and under the
 same names. The step is the round (a local run's epoch is its round). The global model's metrics
-are `<split>/<metric>` (a federated run's aggregate over sites, a local run's one site), the
-server's evaluation `server/<split>/<metric>`, a site's `<site>/<split>/<metric>`. A round is
+are `<split>/<metric>` (a federated run's aggregate over sites, a local or pooled run's own), the
+server's evaluation `server/<split>/<metric>`, a site's `<site>/<split>/<metric>` (in a local
+or pooled baseline: the model on each site it was evaluated on). A round is
 logged when it ends; when the run ends, whatever else metrics.csv holds (a local run's final
 test; round times aside), then the records as files and, if asked, the final model in the registry.
 
@@ -19,7 +20,7 @@ import logging
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 from flip.audit.run_directory import (
     CHECKPOINTS,
@@ -35,7 +36,7 @@ from flip.audit.run_directory import (
     read_metric_rows,
 )
 from flip.audit.trackers import CONFIG_FOLDER, PLOTS_FOLDER, Backend, RunIdentity, backend_for, missing_package
-from flip.results import FEDERATED
+from flip.results import CROSS_SITE_CSV, CROSS_SITE_PNG, FEDERATED
 
 log = logging.getLogger(__name__)
 # metrics.csv's split of round times: not the model's, and left out of round events too.
@@ -44,11 +45,20 @@ TIMINGS = "time"
 FINAL_STATUS = {"completed": "success", "failed": "failed", "interrupted": "KILLED"}
 
 
-def metric_name(key: str, local: bool) -> str:
-    """A tracker's name for a round event's metric key (`<site>:<split>/<metric>`, or a local
-    run's `<split>/<metric>`)."""
+def metric_name(key: str, own: Collection[str] = ()) -> str:
+    """A tracker's name for a metric key, `<site>:<split>/<metric>` (a local run's round events
+    carry no site): a site's own name unless it is `federated` or one of `own`, the sites whose
+    rows are the run's own model's in a local or pooled run."""
     site, _, name = key.rpartition(":")
-    return name if not site or local or site == FEDERATED else f"{site}/{name}"
+    return name if not site or site == FEDERATED or site in own else f"{site}/{name}"
+
+
+def own_sites(rows: list[dict[str, str]]) -> set[str]:
+    """The site(s) of a local or pooled run's own model in metrics.csv: the one that trained (the
+    others are sites it was evaluated on); in an evaluation-only run, its one site."""
+    trained = {row["site"] for row in rows if row["split"] == "train"}
+    every = {row["site"] for row in rows}
+    return trained or (every if len(every) == 1 else set())
 
 
 class Tracker:
@@ -68,7 +78,7 @@ class Tracker:
         if self.off or event.get("event") != ROUND_ENDED:
             return
         round_ = int(event["round"])
-        self._pending.append((round_, {metric_name(k, self.local): v for k, v in (event.get("metrics") or {}).items()}))
+        self._pending.append((round_, {metric_name(k): v for k, v in (event.get("metrics") or {}).items()}))
         if round_ >= 1:
             self._guarded(f"failed while logging round {round_}", self._flush)
 
@@ -141,12 +151,12 @@ class Tracker:
             return
         run_dir = self.directory.path
         if (run_dir / METRICS).is_file():
+            rows = [row for row in read_metric_rows(run_dir) if row["split"] != TIMINGS]
+            own = own_sites(rows) if self.local else set()
             by_round: dict[int, dict[str, float]] = defaultdict(dict)
-            for row in read_metric_rows(run_dir):
-                if row["split"] == TIMINGS:
-                    continue
+            for row in rows:
                 key = f"{row['site']}:{row['split']}/{row['metric']}"
-                by_round[int(row["round"])][metric_name(key, self.local)] = float(row["value"])
+                by_round[int(row["round"])][metric_name(key, own)] = float(row["value"])
             for step in sorted(by_round):
                 self._log(step, by_round[step])
         self.backend.add_files([(path, folder) for path, folder in record_files(run_dir) if path.name != MANIFEST])
@@ -167,10 +177,10 @@ def _first_line(error: BaseException) -> str:
 
 def record_files(run_dir: Path) -> list[tuple[Path, str]]:
     """The run's records a tracker adds, as (path, folder): the config files, the manifest, the
-    summary, metrics.csv and the plots (whichever exist)."""
+    summary, metrics.csv, the cross-site table and the plots (whichever exist)."""
     config = sorted((run_dir / HYDRA).glob("*.yaml")) + [run_dir / SHIPPED_CONFIG]
     files = [(path, CONFIG_FOLDER) for path in config]
-    files += [(run_dir / name, "") for name in (MANIFEST, SUMMARY, METRICS)]
+    files += [(run_dir / name, "") for name in (MANIFEST, SUMMARY, METRICS, CROSS_SITE_CSV, CROSS_SITE_PNG)]
     files += [(path, PLOTS_FOLDER) for path in sorted((run_dir / PLOTS_FOLDER).glob("*.png"))]
     return [(path, folder) for path, folder in files if path.is_file()]
 

@@ -21,6 +21,8 @@ from flip.audit.run_directory import (
     BEST,
     CHECKPOINTS,
     FINAL,
+    SITE_MODELS,
+    is_plain_name,
     MANIFEST,
     SUMMARY,
     load_weights,
@@ -119,6 +121,11 @@ def _check_models(run_dir: Path, manifest: dict[str, Any], verdict: Verdict) -> 
     expected[FINAL] = models.get("final") or manifest.get("model_sha256")
     if models.get("best"):
         expected[BEST] = models["best"]
+    for site, digest in (models.get("sites") or {}).items():  # evaluation.cross_site's site models
+        if not is_plain_name(str(site)):
+            verdict.failures.append(f"manifest.json: models.sites names {site!r}, which is not a site's name")
+            continue
+        expected[f"{SITE_MODELS}/{site}.ckpt"] = digest
     checked = 0
     for name, digest in expected.items():
         path = run_dir / CHECKPOINTS / name

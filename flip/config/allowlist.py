@@ -42,6 +42,7 @@ class Kind(Enum):
     OPTIMIZER = ("optimizer", "torch.optim.Optimizer")
     SCHEDULER = ("learning-rate scheduler", "torch.optim.lr_scheduler.LRScheduler", "torch.optim.lr_scheduler.ReduceLROnPlateau")
     STRATEGY = ("Flower strategy", "flwr.serverapp.strategy.Strategy")
+    METRIC = ("metric", "torchmetrics.Metric")
 
     @property
     def label(self) -> str:
@@ -76,12 +77,23 @@ SLOTS: dict[str, Slot] = {
     "model.scheduler": Slot(Kind.SCHEDULER, frozenset({"_partial_"})),
     "strategy": Slot(Kind.STRATEGY),
 }
+# Slots under a mapping whose keys the user names: `evaluation.metrics.<name>`.
+NAMED_SLOTS: dict[str, Slot] = {"evaluation.metrics": Slot(Kind.METRIC)}
+
+
+def slot_at(where: str) -> Slot | None:
+    """The component slot at the full key `where`, if one is declared there."""
+    if where in SLOTS:
+        return SLOTS[where]
+    parent, _, name = where.rpartition(".")
+    return NAMED_SLOTS.get(parent) if name.isidentifier() else None
 
 # Names accepted by default beside flip's own components: one public name in these packages.
 _PACKAGE_DEFAULTS = {
     Kind.OPTIMIZER: "torch.optim",
     Kind.SCHEDULER: "torch.optim.lr_scheduler",
     Kind.STRATEGY: "flwr.serverapp.strategy",
+    Kind.METRIC: "torchmetrics.classification",
 }
 
 
@@ -174,13 +186,13 @@ def placement_problems(node: Any, path: str = "") -> list[str]:
     """`_target_` and Hydra's other keys anywhere but where a schema declares a component."""
     problems = []
     for where, mapping in _nodes(node, path):
-        slot = SLOTS.get(where)
+        slot = slot_at(where)
         for key in (k for k in HYDRA_KEYS if k in mapping):
             full = _join(where, key)
             if slot is None:
                 problems.append(
                     f"{full}: {key} is only allowed where a component is configured "
-                    f"({', '.join(SLOTS)}), not inside other settings ({RULE_SLOTS})"
+                    f"({', '.join([*SLOTS, *(f'{named}.<name>' for named in NAMED_SLOTS)])}), not inside other settings ({RULE_SLOTS})"
                 )
             elif key == "_target_":
                 if not isinstance(mapping[key], str):
@@ -196,7 +208,7 @@ def placement_problems(node: Any, path: str = "") -> list[str]:
 def slot_targets(node: Any, path: str = "") -> Iterator[tuple[str, Slot, str]]:
     """(full key of the `_target_`, its slot, the written name) for each configured component."""
     for where, mapping in _nodes(node, path):
-        slot = SLOTS.get(where)
+        slot = slot_at(where)
         if slot is not None and isinstance(mapping.get("_target_"), str):
             yield _join(where, "_target_"), slot, mapping["_target_"]
 

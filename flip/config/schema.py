@@ -23,6 +23,33 @@ class MonitorMode(Enum):
     max = "max"
 
 
+class Job(Enum):
+    """What a run does: train a model, or evaluate one (`evaluation.checkpoint`) at every site."""
+
+    train = "train"
+    evaluate = "evaluate"
+
+
+@dataclass
+class EvaluationConfig:
+    """How models are evaluated: cross-site, evaluation-only runs, extra metrics and their intervals."""
+
+    # job=evaluate: the model to evaluate, a flip run directory (its final model) or a Lightning
+    # checkpoint file of a model the config builds.
+    checkpoint: Optional[str] = None
+    # Federated runs: after the last round, the final global model and each site's last local model
+    # are evaluated on every site's validation and test data (cross_site.csv, plots/cross_site.png).
+    cross_site: bool = False
+    # Metrics beyond model.metrics, computed wherever a site evaluates: name -> a torchmetrics
+    # classification class and its arguments, e.g. {specificity: {_target_:
+    # torchmetrics.classification.BinarySpecificity, threshold: 0.3}}.
+    metrics: Dict[str, Any] = field(default_factory=dict)
+    # Bootstrap resamples of each site's evaluated split for intervals of `metrics` (0: none), and
+    # the intervals' confidence level.
+    bootstrap: int = 0
+    confidence: float = 0.95
+
+
 @dataclass
 class FlipConfig:
     """Root keys that do not belong to any group."""
@@ -36,6 +63,8 @@ class FlipConfig:
     # Components this machine builds beyond flip's defaults (local runs, the simulation driver):
     # exact dotted names or `package.*`. A site's own settings say what a site builds.
     allowed_targets: List[str] = field(default_factory=list)
+    job: Job = Job.train
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     data: Any = MISSING
     model: Any = MISSING
     trainer: Any = MISSING
@@ -66,19 +95,16 @@ class TrainerConfig:
     num_sanity_val_steps: int = 0
 
 
-@dataclass
-class LocalFederationConfig:
-    """One site trains on its own data; nothing leaves the machine."""
-
-    mode: str = "local"
-    num_sites: int = 1
+# Modes that train one model on this machine, with no server: the baselines of a federated recipe.
+BASELINE_MODES = ("local", "pooled")
 
 
 @dataclass
-class SimulationFederationConfig:
-    """N virtual sites on Flower's simulation engine (Ray), all on this machine."""
+class FederatedExperimentConfig:
+    """Which sites a federated experiment has and how long each trains; the federation modes on one
+    machine accept them all, so a federated recipe runs unchanged as its own local or pooled baseline."""
 
-    mode: str = "simulation"
+    mode: str = MISSING  # each option's own
     num_sites: int = 3
     num_rounds: int = 5
     # Local training per round: whole epochs, or a fixed number of optimizer steps when set.
@@ -103,6 +129,29 @@ class SimulationFederationConfig:
 
 
 @dataclass
+class LocalFederationConfig(FederatedExperimentConfig):
+    """One site trains on its own data (`data.site`); nothing leaves the machine. It trains
+    num_rounds x local_epochs epochs (conf/federation/local.yaml: num_rounds follows trainer.max_epochs)."""
+
+    mode: str = "local"
+
+
+@dataclass
+class PooledFederationConfig(FederatedExperimentConfig):
+    """Every federated site's training data trains one model on this machine (a simulation's
+    baseline, not a deployment); the model is evaluated on each site's and the server's test split."""
+
+    mode: str = "pooled"
+
+
+@dataclass
+class SimulationFederationConfig(FederatedExperimentConfig):
+    """N virtual sites on Flower's simulation engine (Ray), all on this machine."""
+
+    mode: str = "simulation"
+
+
+@dataclass
 class PartitionConfig:
     """How one data set becomes sites (simulation only)."""
 
@@ -121,8 +170,15 @@ SCHEMAS: Dict[str, type] = {
     "root": FlipConfig,
     "trainer/lightning": TrainerConfig,
     "federation/local": LocalFederationConfig,
+    "federation/pooled": PooledFederationConfig,
     "federation/simulation": SimulationFederationConfig,
     "federation/deployment": DeploymentFederationConfig,
     "partition/partition": PartitionConfig,
     **TRACKER_SCHEMAS,
 }
+
+
+def job_of(cfg: Any) -> str:
+    """The run's job as text, from a composed config (an enum) or a received one (text)."""
+    job = cfg.get("job", Job.train.value)
+    return getattr(job, "value", str(job))

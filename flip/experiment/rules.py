@@ -7,6 +7,7 @@ from typing import Callable
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from flip.config.schema import BASELINE_MODES, job_of
 from flip.config.schema_deployment import deployment_problems
 from flip.config.schema_trackers import tracker_problems
 from flip.config.strategies import strategy_problems
@@ -17,11 +18,12 @@ from flip.data.text import schema as text
 from flip.errors import ConfigError
 from flip.models import schema as models
 from flip.models.schema import METRIC_NAMES
-from flip.privacy.schema import privacy_problems
+from flip.results import is_interval
+from flip.privacy.schema import cross_site_privacy_problems, privacy_problems
 
 BY_SITE_SOURCES = ("folder", "column", "attribute")
 
-IMPLEMENTED_MODES = ("local", "simulation", "deployment")
+IMPLEMENTED_MODES = ("local", "pooled", "simulation", "deployment")
 
 
 def _mode(cfg: DictConfig) -> list[str]:
@@ -82,8 +84,8 @@ def _positive(cfg: DictConfig) -> list[str]:
 
 def _federation(cfg: DictConfig) -> list[str]:
     federation = cfg.federation
-    if federation.mode == "local":
-        return []
+    if federation.mode in BASELINE_MODES:
+        return _baseline(federation)
     problems = []
     if federation.num_sites < 2:
         problems.append(f"federation.num_sites: a {federation.mode} run needs at least 2 sites, got {federation.num_sites}")
@@ -103,6 +105,14 @@ def _federation(cfg: DictConfig) -> list[str]:
     if federation.mode == "deployment":
         problems += deployment_problems(federation)
     return problems + strategy_problems(cfg.strategy, federation.num_sites)
+
+
+def _baseline(federation: DictConfig) -> list[str]:
+    """A baseline reads a federated recipe's sites and length; strategy and Flower keys it ignores."""
+    checks = {"num_sites": federation.num_sites, "num_rounds": federation.num_rounds, "local_epochs": federation.local_epochs}
+    if federation.local_steps is not None:
+        checks["local_steps"] = federation.local_steps
+    return [f"federation.{key}: must be at least 1, got {value}" for key, value in checks.items() if value < 1]
 
 
 def _sites(cfg: DictConfig) -> list[str]:
@@ -176,7 +186,35 @@ def _tracker(cfg: DictConfig) -> list[str]:
     return tracker_problems(cfg.get("logger"))
 
 
+def _evaluation(cfg: DictConfig) -> list[str]:
+    evaluation, mode = cfg.evaluation, cfg.federation.mode
+    problems = []
+    if job_of(cfg) == "evaluate" and not evaluation.checkpoint:
+        problems.append("evaluation.checkpoint: job=evaluate evaluates a model: set it to a flip run directory or a Lightning checkpoint file")
+    if job_of(cfg) == "evaluate" and mode == "pooled":
+        problems.append("job: evaluate runs at one site (federation=local data.site=...) or at every site (federation=simulation), not pooled")
+    if evaluation.cross_site:
+        if mode == "local":
+            problems.append("evaluation.cross_site: compares the models of a federation's sites; a local run has one site")
+        elif job_of(cfg) == "evaluate":
+            problems.append("evaluation.cross_site: an evaluation-only run trains no site models to compare; evaluate the checkpoint (job=evaluate) alone")
+        else:
+            problems += cross_site_privacy_problems(cfg.privacy)
+    if evaluation.bootstrap < 0:
+        problems.append(f"evaluation.bootstrap: must be 0 (no intervals) or a number of resamples, got {evaluation.bootstrap}")
+    if not 0 < evaluation.confidence < 1:
+        problems.append(f"evaluation.confidence: must be in (0, 1), got {evaluation.confidence}")
+    reported = set(cfg.model.get("metrics", []))
+    for name in evaluation.metrics:
+        if not str(name).isidentifier() or is_interval(str(name)):
+            problems.append(f"evaluation.metrics.{name}: a metric's name must be a plain identifier not ending in _ci_low/_ci_high")
+        elif name in reported:
+            problems.append(f"evaluation.metrics.{name}: model.metrics reports {name} already; give this one another name")
+    return problems
+
+
 RULES: tuple[Callable[[DictConfig], list[str]], ...] = (
+    _evaluation,
     _mode, privacy_problems, _metrics, models.rules, _splits, _data_source, _positive, _federation, _sites, _partition,
     text.rules, text_model_problems, fhir.rules, multimodal.rules, _modalities, _tracker,
 )

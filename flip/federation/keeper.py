@@ -15,7 +15,7 @@ from rich.progress import Progress
 from flip.audit.run_directory import ROUND_ENDED, SITE_FAILED, RunDirectory
 from flip.privacy.accounting import PrivacyLedger
 from flip.pooled_metrics import BINS, auroc as pooled_auroc
-from flip.results import FEDERATED, SERVER, MetricsTable, model_sha256
+from flip.results import FEDERATED, SERVER, MetricsTable, is_interval, model_sha256
 from flip.run_types import SiteReport
 
 if TYPE_CHECKING:  # loads on first use: the simulation driver starts Flower before it
@@ -112,6 +112,12 @@ class RoundKeeper:
     hparams: dict[str, Any] = field(default_factory=dict)
     # Every site's own name, by its index (from the handshake).
     site_names: list[str] = field(default_factory=list)
+    # evaluation.cross_site: each site's last local model as it sent it, by index, and the matrix.
+    keep_site_models: bool = False
+    site_models: dict[int, ArrayRecord] = field(default_factory=dict)
+    cross_site: list[dict[str, Any]] = field(default_factory=list)
+    # job=evaluate: the checkpoint evaluated (its path and sha256).
+    evaluated: dict[str, Any] = field(default_factory=dict)
     _task: Any = None
     _round_started: float = field(default_factory=time.perf_counter)
 
@@ -139,6 +145,8 @@ class RoundKeeper:
         for site, message in replies:
             self.sites[site] = site_report_of(message)
             site_metrics[site] = dict(message.content["metrics"].items())
+            if self.keep_site_models and "arrays" in message.content:
+                self.site_models[site] = message.content["arrays"]
             for key, value in site_metrics[site].items():
                 split, _, metric = key.partition("/")
                 if metric and split in ("train", PRIVACY):
@@ -158,6 +166,8 @@ class RoundKeeper:
                 split, _, metric = key.partition("/")
                 if metric and metric != "n" and split in ("val", "test"):
                     self.table.add(server_round, self.name(site), split, metric, value)
+                    if is_interval(metric):  # a site's own interval: no mean of them is one
+                        continue
                     weight = float(metrics[f"{split}/n"])
                     sums = totals.setdefault(key, [0.0, 0.0])
                     sums[0] += weight * float(value)

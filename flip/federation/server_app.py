@@ -6,6 +6,8 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from typing import Any, Callable
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
@@ -13,8 +15,12 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
 from omegaconf import DictConfig
 
+from flip.audit.checkpoints import evaluated_weights, fit_problems
+from flip.audit.manifest import file_sha256
 from flip.config.allowlist import AllowList
-from flip.errors import FlipError
+from flip.config.schema import job_of
+from flip.errors import ConfigError, FlipError
+from flip.federation.evaluation import EVALUATED, evaluate_everywhere, run_cross_site
 from flip.federation.client_app import CONFIG_KEY, DIGEST_KEY, INITIAL_MODEL_KEY, MODEL_KEY, PROTOCOL, PROTOCOL_KEY
 from flip.federation.keeper import RoundKeeper
 from flip.federation.resume import ResumePoint, checkpoint_weights, restore_keeper, restore_strategy, save_point
@@ -131,12 +137,14 @@ def serve(
     outcome: ServerOutcome,
     resume: ResumePoint | None = None,
     packed: tuple[str, str] | None = None,
+    checkpoint: Path | None = None,
 ) -> None:
     """A federated run across the sites `site_names`, on any grid (a simulation's or a deployment's).
 
     `prepare` builds the server's own side (its records, shared inputs) while the sites answer
     the handshake. With `resume`, the run continues after that round of an earlier run.
     `packed` is the config as sites receive it (text, sha256), when the server received it so.
+    With `job=evaluate`, the model in `checkpoint` is evaluated at every site instead of training.
     """
     federation = cfg.federation
     text, digest = packed or pack_config(cfg)
@@ -148,6 +156,11 @@ def serve(
     outcome.site_versions = answers.versions
     keeper.hparams = answers.hparams
     keeper.site_names = list(site_names)
+    timeout = float(federation.round_timeout)
+    if job_of(cfg) == "evaluate":
+        evaluate_checkpoint(grid, answers.node_to_site, keeper, checkpoint, answers.initial_arrays, shipped, timeout)
+        return
+    keeper.keep_site_models = bool(cfg.evaluation.cross_site)
     plan = PrivacyPlan.from_config(cfg)
     offset = resume.round if resume is not None else 0
     settings = FlipSettings(
@@ -184,6 +197,41 @@ def serve(
     except PrivacyBudgetSpent as stop:
         log.warning("%s", stop)
         outcome.stop_reason = str(stop)
+    if cfg.evaluation.cross_site and keeper.last_state is not None and keeper.last_round > 0:
+        save = partial(save_site_model, keeper)
+        server_name = federation.get("server_eval_site")
+        final = ArrayRecord(keeper.last_state)
+        keeper.cross_site = run_cross_site(grid, answers.node_to_site, keeper, final, shipped, timeout, server_name, save)
+
+
+def save_site_model(keeper: RoundKeeper, name: str, state: dict) -> None:
+    keeper.run_directory.save_site_model(name, state, keeper.hparams, keeper.last_round)
+
+
+def evaluate_checkpoint(
+    grid: Grid,
+    node_to_site: dict[int, int],
+    keeper: RoundKeeper,
+    checkpoint: Path | None,
+    initial: ArrayRecord,
+    shipped: dict[str, Any],
+    timeout: float,
+) -> None:
+    """job=evaluate: the checkpoint's model, once it fits the model the sites build, evaluated at
+    every site (and by the server on its own data); its metrics are the run's round 0."""
+    import torch  # noqa: F401
+
+    if checkpoint is None:
+        raise ConfigError(["evaluation.checkpoint: job=evaluate needs the model to evaluate"])
+    file, state = evaluated_weights(checkpoint)
+    if problems := fit_problems(state, initial.to_torch_state_dict(), file):
+        raise ConfigError(problems)
+    arrays = ArrayRecord(state)
+    log.info("evaluating %s at %d sites", file, len(node_to_site))
+    found = evaluate_everywhere(grid, node_to_site, keeper, {EVALUATED: arrays}, shipped, 0, timeout, phase="evaluate")
+    keeper.evaluate_replies(0, found.replies.get(EVALUATED, []))
+    keeper.end_round(0, arrays)
+    keeper.evaluated = {"checkpoint": str(file), "file_sha256": file_sha256(file)}
 
 
 def enrolled_names(grid: Grid) -> dict[int, str]:
@@ -201,6 +249,7 @@ def build_server_app(
     prepare: Callable[[], RoundKeeper],
     outcome: ServerOutcome,
     resume: ResumePoint | None = None,
+    checkpoint: Path | None = None,
 ) -> ServerApp:
     """A simulation's ServerApp: `serve` with the driver's own state (its progress display and
     records). Flower's `run_simulation` takes no run config, so this adapter hands it over;
@@ -209,7 +258,7 @@ def build_server_app(
 
     @simulation_app.main()
     def main(grid: Grid, context: Context) -> None:
-        serve(grid, cfg, site_names, prepare, outcome, resume)
+        serve(grid, cfg, site_names, prepare, outcome, resume, checkpoint=checkpoint)
 
     return simulation_app
 

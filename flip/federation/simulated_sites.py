@@ -87,6 +87,16 @@ def simulated_site_settings(cfg: DictConfig, names: list[str]) -> list[dict[str,
     return settings
 
 
+def site_data_overrides(cfg: DictConfig) -> list[tuple[str, dict[str, Any]]]:
+    """(name, data keys) of every simulated site, as its node builds its data module from `cfg.data`
+    (its site-local paths and its part of a pooled data set), in site order."""
+    found = []
+    for site in simulated_site_settings(cfg, simulated_site_names(cfg)):
+        own_root = site["data"].get("root") is not None and "synthetic" in cfg.data
+        found.append((site["name"], {**site["data"], **({"synthetic": None} if own_root else {}), "partition": site["partition"]}))
+    return found
+
+
 def write_site_files(folder: Path, settings: list[dict[str, Any]]) -> Path:
     """One settings file per simulated site, `<folder>/<partition id>.json`."""
     folder.mkdir(parents=True, exist_ok=True)

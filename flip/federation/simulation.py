@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from flip.audit.run_directory import RunDirectory
+from flip.config.schema import job_of
 from flip.console import console
 from flip.data import synthetic_root
 from flip.errors import FlipError
@@ -98,7 +99,7 @@ def _server_evaluator(cfg: DictConfig):
     from flip.training import configure_torch
 
     configure_torch(cfg)
-    return lambda state: evaluate_model(cfg, server_datamodule(cfg), state)
+    return lambda state: evaluate_model(cfg, server_datamodule(cfg), state, cfg.federation.server_eval_site)
 
 
 def server_side(cfg: DictConfig, run_directory: RunDirectory, progress: Progress | None) -> RoundKeeper:
@@ -146,7 +147,7 @@ def run_simulation_mode(cfg: DictConfig, run_directory: RunDirectory, resume: bo
     with flower_sandbox() as scratch, progress, interrupts_reach_main_thread():
         os.environ[SIMULATION_SITES_ENV] = str(write_site_files(scratch / "sites", sites))
         run_simulation(
-            server_app=build_server_app(cfg, names, partial(server_side, cfg, run_directory, shown), outcome, point),
+            server_app=build_server_app(cfg, names, partial(server_side, cfg, run_directory, shown), outcome, point, evaluated_path(cfg)),
             client_app=client_app,
             num_supernodes=federation.num_sites,
             backend_config=backend_config(cfg, scratch),
@@ -154,6 +155,11 @@ def run_simulation_mode(cfg: DictConfig, run_directory: RunDirectory, resume: bo
     result = federation_result(outcome)
     result.manifest_extra["seeds"] = run_seeds(cfg, names, result.rounds)
     return result
+
+
+def evaluated_path(cfg: DictConfig) -> Path | None:
+    """job=evaluate: the checkpoint the config names, on this machine."""
+    return Path(cfg.evaluation.checkpoint).expanduser() if job_of(cfg) == "evaluate" and cfg.evaluation.checkpoint else None
 
 
 def resume_point(cfg: DictConfig, run_dir: Path) -> ResumePoint:
@@ -167,6 +173,8 @@ def resume_point(cfg: DictConfig, run_dir: Path) -> ResumePoint:
 def federation_result(outcome: ServerOutcome) -> ModeResult:
     """The final model (`final.ckpt`) and what the server recorded, once the rounds are done."""
     keeper = outcome.keeper
+    if keeper is not None and keeper.evaluated:
+        return evaluation_result(keeper)
     if keeper is None or keeper.last_state is None or keeper.last_round == 0:
         reason = outcome.stop_reason or "no round was aggregated (see the run log)"
         raise FlipError(f"the federation produced no model: {reason}")
@@ -175,6 +183,17 @@ def federation_result(outcome: ServerOutcome) -> ModeResult:
     result = mode_result(keeper, keeper.last_round, digest)
     result.stop_reason = outcome.stop_reason
     result.score_counts = keeper.score_counts
+    result.cross_site = keeper.cross_site
+    return result
+
+
+def evaluation_result(keeper: RoundKeeper) -> ModeResult:
+    """An evaluation-only run: the evaluated model is `final.ckpt`, its metrics are round 0's."""
+    digest = keeper.run_directory.save_final(0, keeper.last_state, keeper.hparams)
+    result = mode_result(keeper, 0, digest)
+    result.best_metrics = {"round": None}
+    result.score_counts = keeper.score_counts
+    result.evaluated = {**keeper.evaluated, "model_sha256": digest}
     return result
 
 

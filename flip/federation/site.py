@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from flip.federation.seeds import site_seed
 from flip.federation.site_config import SiteSettings
+from flip.models.evaluation import evaluation_metrics
 from flip.privacy.plan import PrivacyPlan
 from flip.results import config_sha256
 from flip.run_types import SiteReport
@@ -201,13 +202,14 @@ def train_round(
     return SiteReply(model.state_dict(), metrics, datamodule.split_sizes[0], report, kept.saved() if kept else None)
 
 
-def evaluate_model(cfg: DictConfig, datamodule: L.LightningDataModule, state: StateDict) -> dict[str, float]:
+def evaluate_model(cfg: DictConfig, datamodule: L.LightningDataModule, state: StateDict, site: str = "server") -> dict[str, float]:
     """val/* and test/* metrics of the weights `state` on a set-up data module."""
-    return _evaluate(cfg, datamodule, state)[0]
+    return evaluate_weights(cfg, datamodule, state, site)[0]
 
 
-def _evaluate(cfg: DictConfig, datamodule: L.LightningDataModule, state: StateDict) -> tuple[dict[str, float], dict]:
-    """The metrics, and the score counts per split (two classes), of the weights `state`."""
+def evaluate_weights(cfg: DictConfig, datamodule: L.LightningDataModule, state: StateDict, site: str) -> tuple[dict[str, float], dict]:
+    """The metrics (the model's and `evaluation.metrics`), and the score counts per split (two
+    classes), of the weights `state` on the set-up data module of `site`."""
     quiet_lightning()
     model = _model_with(cfg, state)
     trainer = build_trainer(cfg, [], logger=False, enable_checkpointing=False, enable_progress_bar=False)
@@ -215,13 +217,15 @@ def _evaluate(cfg: DictConfig, datamodule: L.LightningDataModule, state: StateDi
     for run in (trainer.validate, trainer.test):
         for key, value in run(model, datamodule=datamodule, verbose=False)[0].items():
             metrics[key] = float(value)
+    metrics.update(evaluation_metrics(cfg, model, datamodule, site))
     return metrics, dict(getattr(model, "score_counts", {}))
 
 
 def evaluate_round(cfg: DictConfig, site: SiteSettings, global_state: StateDict) -> SiteReply:
-    """The global weights evaluated on `site`'s validation and test splits."""
+    """The weights `global_state` (the global model's, or another site's in cross-site
+    evaluation) evaluated on `site`'s validation and test splits."""
     datamodule = site_datamodule(cfg, site)
-    metrics, counts = _evaluate(cfg, datamodule, global_state)
+    metrics, counts = evaluate_weights(cfg, datamodule, global_state, site.name)
     _, n_val, n_test = datamodule.split_sizes
     report = SiteReport.from_datamodule(datamodule, site.name)
     return SiteReply(None, {**metrics, "val/n": n_val, "test/n": n_test}, n_val, report, score_counts=counts)

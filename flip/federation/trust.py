@@ -24,7 +24,7 @@ from flip.errors import ConfigError, FlipError
 from flip.federation.shipping import DATA_NODES, unpack_config
 from flip.federation.site_config import SiteSettings, site_run_config
 from flip.privacy.plan import PrivacyPlan
-from flip.privacy.policy import policy_refusals
+from flip.privacy.policy import sharing_refusals, policy_refusals
 
 RULE_APPROVAL = "rule: approval by config hash"
 
@@ -123,7 +123,8 @@ def accept_run(text: str, digest: str, site: SiteSettings) -> AcceptedRun:
     if problems:
         raise refusal(site, problems)
     plan = PrivacyPlan.from_config(cfg)
-    if problems := policy_refusals(site.policy, plan, int(cfg.federation.num_rounds)):
+    problems = policy_refusals(site.policy, plan, int(cfg.federation.num_rounds))
+    if problems := problems + sharing_refusals(site.policy, bool(cfg.evaluation.cross_site)):
         raise refusal(site, problems)
     _ACCEPTED[key] = accepted = AcceptedRun(cfg, site, plan, digest)
     return accepted

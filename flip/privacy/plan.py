@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from flip.config.schema import BASELINE_MODES
 from flip.config.strategies import sites_per_round
 from flip.privacy.mechanisms import MECHANISMS
 from flip.privacy.mechanisms.base import Mechanism, SiteTraining
@@ -34,9 +35,9 @@ class PrivacyPlan:
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "PrivacyPlan":
-        """The plan of a run; a local run is one site."""
+        """The plan of a run; a baseline (local or pooled) trains as one site."""
         settings = OmegaConf.to_container(cfg.privacy, resolve=True)
-        if cfg.federation.mode == "local":
+        if cfg.federation.mode in BASELINE_MODES:
             return cls(settings, 1, 1, int(cfg.seed))
         strategy = OmegaConf.to_container(cfg.strategy, resolve=True)
         num_sites = int(cfg.federation.num_sites)

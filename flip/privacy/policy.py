@@ -31,6 +31,13 @@ def policy_refusals(policy: SitePolicy, plan: PrivacyPlan, num_rounds: int) -> l
     return refusals
 
 
+def sharing_refusals(policy: SitePolicy, cross_site: bool) -> list[str]:
+    """A run that would send this site's own model to the other sites, where its policy forbids it."""
+    if cross_site and not policy.share_model:
+        return ["policy.share_model: this site's model may not go to other sites, and the run asks for evaluation.cross_site"]
+    return []
+
+
 def _epsilon_refusals(limit: float, plan: PrivacyPlan, num_rounds: int) -> list[str]:
     if not plan.is_dp:
         return [f"policy.max_epsilon: this site allows epsilon {limit:g} at most, the run ({plan.describe()}) is not differential privacy"]

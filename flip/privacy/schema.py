@@ -34,6 +34,8 @@ class SitePolicy:
     min_noise_multiplier: Optional[float] = None
     # k: below this many samples in a split the site sends no update and no metrics of it.
     min_cohort: int = 1
+    # Whether this site's own model may go to the other sites (evaluation.cross_site).
+    share_model: bool = True
 
 
 SCHEMAS: Dict[str, type] = {f"privacy/{cls.option}": cls.schema for cls in MECHANISMS.values()}
@@ -53,3 +55,18 @@ def privacy_problems(cfg: DictConfig) -> list[str]:
             f"lacks ({', '.join(sorted(missing))}); choose the option rather than setting the mechanism"
         ]
     return mechanism.problems(privacy, cfg)
+
+
+def cross_site_privacy_problems(privacy: DictConfig) -> list[str]:
+    """evaluation.cross_site sends each site's own model to the other sites: only where the
+    mechanism protects that model on its own, and never past secure aggregation."""
+    name = privacy.get("mechanism")
+    mechanism = MECHANISMS.get(name) if isinstance(name, str) else None
+    if privacy.get("secagg") is not None:
+        return ["evaluation.cross_site: with secure aggregation the server never holds a site's own model to send to the others"]
+    if mechanism is not None and not mechanism.site_models_protected:
+        return [
+            f"evaluation.cross_site: sends each site's own model to the other sites, which {name} does not protect "
+            "(it protects what the server releases); use privacy=none, local_dp or dp_sgd, or leave cross_site off"
+        ]
+    return []

@@ -48,7 +48,9 @@ def test_verify_passes_on_a_fresh_run(which, request):
     manifest = json.loads((run / "manifest.json").read_text())
     rounds = manifest["models"]["rounds"]
     # Every round's checkpoint was checked against its recorded hash, and nothing was written.
-    assert f"{len(rounds) - 1 + 2} checkpoint model hashes" in result.stdout  # rounds 1…n, final, best
+    site_models = manifest["models"].get("sites", {})  # the simulation's cross-site evaluation
+    assert len(site_models) == (2 if which == "simulation_run" else 0)
+    assert f"{len(rounds) - 1 + 2 + len(site_models)} checkpoint model hashes" in result.stdout  # rounds 1…n, final, best, sites
     assert tree_digest(run) == before
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from flip.audit.run_directory import RunDirectory, find_run_dirs
 from flip.audit.trackers import CsvBackend, RunIdentity
-from flip.audit.tracking import Tracker, metric_name
+from flip.audit.tracking import Tracker, metric_name, own_sites
 from flip.audit.verify import verify
 from flip.experiment.recipes import resolve_recipe
 from flip.experiment.validate import config_problems
@@ -28,8 +28,8 @@ def metric_rows(run: Path) -> list[dict[str, str]]:
     return list(csv.DictReader((run / "metrics.csv").open(encoding="utf-8")))
 
 
-def tracked_name(row: dict[str, str], local: bool) -> str:
-    return metric_name(f"{row['site']}:{row['split']}/{row['metric']}", local)
+def tracked_name(row: dict[str, str], own: set[str] = frozenset()) -> str:
+    return metric_name(f"{row['site']}:{row['split']}/{row['metric']}", own)
 
 
 def sha256(path: Path) -> str:
@@ -40,11 +40,14 @@ def sha256(path: Path) -> str:
 
 
 def test_metric_names_are_the_same_in_every_mode():
-    assert metric_name("val/auroc", local=True) == "val/auroc"  # a local run's round event
-    assert metric_name("site-1:val/auroc", local=True) == "val/auroc"  # a local run's metrics.csv row
-    assert metric_name("federated:val/auroc", local=False) == "val/auroc"
-    assert metric_name("server:test/loss", local=False) == "server/test/loss"
-    assert metric_name("site-2:train/loss", local=False) == "site-2/train/loss"
+    assert metric_name("val/auroc") == "val/auroc"  # a local run's round event
+    assert metric_name("site-1:val/auroc", own={"site-1"}) == "val/auroc"  # a local run's metrics.csv row
+    assert metric_name("site-3:test/auroc", own={"site-1"}) == "site-3/test/auroc"  # its model on another site
+    assert metric_name("federated:val/auroc") == "val/auroc"
+    assert metric_name("server:test/loss") == "server/test/loss"
+    assert metric_name("site-2:train/loss") == "site-2/train/loss"
+    rows = [{"site": "pooled", "split": "train"}, {"site": "site-1", "split": "test"}]
+    assert own_sites(rows) == {"pooled"} and own_sites([{"site": "site-1", "split": "val"}]) == {"site-1"}
 
 
 # -- MLflow: the session's local run, tracked into a store in its run directory
@@ -68,11 +71,11 @@ def test_mlflow_holds_the_local_runs_metrics_records_and_model(local_run, tmp_pa
 
     # Every row of metrics.csv, under its tracker name, with the round as the step.
     rows = metric_rows(local_run)
-    assert {tracked_name(row, local=True) for row in rows} >= {"train/loss", "val/auroc", "test/accuracy"}
+    assert {tracked_name(row, {"site-1"}) for row in rows} >= {"train/loss", "val/auroc", "test/accuracy"}
     for row in rows:
-        history = {(m.step, m.value) for m in client.get_metric_history(run_id, tracked_name(row, local=True))}
+        history = {(m.step, m.value) for m in client.get_metric_history(run_id, tracked_name(row, {"site-1"}))}
         assert (int(row["round"]), float(row["value"])) in history, row
-    assert set(run.data.metrics) == {tracked_name(row, local=True) for row in rows}
+    assert set(run.data.metrics) == {tracked_name(row, {"site-1"}) for row in rows}
 
     # The records, the sealed manifest among them, as artifacts.
     listed = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "config")}
@@ -113,9 +116,9 @@ def test_tensorboard_holds_the_simulations_global_and_per_site_metrics(simulatio
     tags = events.Tags()
     rows = [row for row in metric_rows(simulation_run) if row["split"] != "time"]  # round times are not tracked
     for row in rows:
-        scalars = {e.step: e.value for e in events.Scalars(tracked_name(row, local=False))}
+        scalars = {e.step: e.value for e in events.Scalars(tracked_name(row))}
         assert scalars[int(row["round"])] == pytest.approx(float(row["value"]), rel=FLOAT32), row
-    assert set(tags["scalars"]) == {tracked_name(row, local=False) for row in rows}
+    assert set(tags["scalars"]) == {tracked_name(row) for row in rows}
     # The global model's metric each round, and each site's.
     assert [e.step for e in events.Scalars("val/loss")] == [1, 2]
     assert [e.step for e in events.Scalars("site-1/train/loss")] == [1, 2]

@@ -16,7 +16,11 @@ from tests.conftest import option_files, recipe_files
 
 @pytest.mark.parametrize("recipe", recipe_files(), ids=lambda p: p.stem)
 def test_recipe_validates(recipe):
-    cfg = validate(recipe, [])
+    if "\njob: evaluate" in recipe.read_text():  # the model to evaluate comes from the command line
+        assert any(p.startswith("evaluation.checkpoint: job=evaluate evaluates a model") for p in config_problems(recipe, []))
+        cfg = validate(recipe, ["evaluation.checkpoint=runs/a-run"])
+    else:
+        cfg = validate(recipe, [])
     assert cfg.federation.mode in IMPLEMENTED_MODES
     assert not OmegaConf.missing_keys(cfg), "a recipe must run without site-local values on the command line"
 

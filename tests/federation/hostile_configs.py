@@ -130,6 +130,27 @@ HOSTILE: list[Hostile] = [
         _set("data._target_", "builtins.eval"),
     ),
     Hostile(
+        "os_system_as_an_evaluation_metric",
+        ("evaluation.metrics.evil._target_: 'os.system' is not an allowed metric", NAMES),
+        _set("evaluation.metrics", lambda s: {"evil": {"_target_": "os.system", "command": f"touch {s / 'metric'}"}}),
+    ),
+    Hostile(
+        "traversal_from_torchmetrics_to_torch_save",
+        ("evaluation.metrics.evil._target_: 'torchmetrics.classification.torch.save' is not an allowed metric", NAMES),
+        _set("evaluation.metrics", lambda s: {"evil": {"_target_": "torchmetrics.classification.torch.save", "f": str(s / "m.pt")}}),
+    ),
+    Hostile(
+        "a_torchmetrics_module_as_a_metric",
+        ("evaluation.metrics.evil._target_: 'torchmetrics.classification.auroc' is a module, not a metric", OBJECTS),
+        _set("evaluation.metrics", {"evil": {"_target_": "torchmetrics.classification.auroc"}}),
+    ),
+    Hostile(
+        "a_component_nested_inside_a_metric",
+        ("evaluation.metrics.ok.inner._target_: _target_ is only allowed where a component is configured", SLOTS),
+        _set("evaluation.metrics", lambda s: {"ok": {"_target_": "torchmetrics.classification.BinaryAccuracy",
+                                                     "inner": {"_target_": "builtins.open", "file": str(s / "nested"), "mode": "w"}}}),
+    ),
+    Hostile(
         "builtins_open_for_writing",
         ("model.optimizer._target_: 'builtins.open' is not an allowed optimizer", NAMES),
         _set("model.optimizer", lambda s: {"_target_": "builtins.open", "file": str(s / "open"), "mode": "w"}),

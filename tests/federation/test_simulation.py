@@ -48,8 +48,8 @@ def test_two_sites_two_rounds_fill_the_run_directory(simulation_run):
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "completed" and set(manifest["data"]) == {"site-1", "site-2"}
     assert (run / ".hydra" / "config.yaml").is_file()
-    # The final model's ROC over both sites' test splits, from their score counts.
-    assert sorted(path.name for path in (run / "plots").iterdir()) == ["loss.png", "monitor.png", "roc.png"]
+    # The final model's ROC and calibration over both sites' test splits, from their score counts.
+    assert sorted(path.name for path in (run / "plots").iterdir()) == ["calibration.png", "loss.png", "monitor.png", "roc.png"]
 
 
 def test_a_failing_site_is_reported_and_the_round_goes_on(tmp_path):

@@ -1,12 +1,15 @@
 """Synthetic multi-site, multimodal healthcare data with one learnable latent label.
 
-Each site is a hospital with its own scanner (intensity gain and shift, rescale
-slope/intercept, window), label prevalence, size, lab assay and note style. Per
-patient, one latent label drives every modality: label 1 films carry a bright blob
-(the "lesion") inside a lung field, label 1 patients have higher CRP and leukocyte
-results and a pneumonia Condition in the FHIR export, and their notes mention
-pneumonia-like findings more often. Everything is derived from the seed, so the
-same arguments always produce byte-identical files.
+Each site is a hospital with its own scanner (intensity gain and shift, noise level,
+rescale slope/intercept, window), label prevalence, size, lab assay and note style. Per
+patient, one latent label drives every modality: label 1 films carry a faint blob (the
+"lesion") inside a lung field, label 1 patients have higher CRP and leukocyte results and
+a pneumonia Condition in the FHIR export, and their notes mention pneumonia-like findings
+more often. Sites differ in what a model can learn from them alone: each site's lesions
+have their own typical size and contrast, and each burns its own marker into its own corner
+of more label 1 films than label 0 ones (as hospitals mark portable films, taken of the sicker
+patients): a shortcut that a model of one hospital learns and that does not hold at the next. Everything is
+derived from the seed, so the same arguments always produce byte-identical files.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from flip.data import synthetic_site_name
 from flip.data.synthetic.fhir import DISTRACTORS, INDEX_DATE, LABEL_CONDITION, LABS, LOINC, SNOMED, write_fhir
 from flip.data.synthetic.notes import make_notes, site_style, write_notes
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 
 log = logging.getLogger("flip.data")
 
@@ -39,7 +42,6 @@ _BITS_STORED = 12
 _MAX_STORED = 2**_BITS_STORED - 1
 _FIELD_OF_VIEW_MM = 350.0
 _REPEAT_PATIENT_PROBABILITY = 0.1
-_NOISE_STD = 0.05
 _LABEL_COLUMNS = ["SOPInstanceUID", "path", "PatientID", "label"]
 _STREAMS = ("profile", "films", "fhir", "notes", "missing")
 _MISSING_FRACTION = 0.05
@@ -70,11 +72,22 @@ class Scanner:
     model: str
     gain: float
     shift: float
+    noise_std: float
     rescale_slope: float
     rescale_intercept: float
     window_center: float
     window_width: float
     pixel_spacing_mm: float
+
+
+@dataclass(frozen=True)
+class Lesions:
+    """How lesions look at one site, and its corner marker's rate per label (the site's shortcut)."""
+
+    sigma: float  # typical blob width, in half-film units
+    contrast: float  # typical blob height, in tissue units
+    marker_corner: int  # 0..3: top-left, top-right, bottom-left, bottom-right
+    marker_rate: tuple[float, float]  # P(marker | label 0), P(marker | label 1)
 
 
 @dataclass(frozen=True)
@@ -87,6 +100,7 @@ class Site:
     num_images: int
     prevalence: float
     scanner: Scanner
+    lesions: Lesions
 
 
 @dataclass(frozen=True)
@@ -118,8 +132,9 @@ def _make_scanner(rng: np.random.Generator, site_index: int, image_size: int) ->
     return Scanner(
         manufacturer=manufacturer,
         model=model,
-        gain=_rounded(rng.uniform(0.8, 1.25)),
-        shift=_rounded(rng.uniform(-0.15, 0.15)),
+        gain=_rounded(rng.uniform(0.6, 1.5)),
+        shift=_rounded(rng.uniform(-0.3, 0.3)),
+        noise_std=_rounded(rng.uniform(0.04, 0.1)),
         rescale_slope=_rounded(rng.uniform(0.7, 1.0)),
         rescale_intercept=float(-1024 - rng.integers(0, 200)),
         window_center=float(250 + rng.integers(-50, 51)),
@@ -128,16 +143,28 @@ def _make_scanner(rng: np.random.Generator, site_index: int, image_size: int) ->
     )
 
 
+def _make_lesions(rng: np.random.Generator, site_index: int) -> Lesions:
+    """The site's lesion size and contrast, and its marker: in a corner of its own (sites 1-4
+    differ), on more label 1 films than label 0 ones."""
+    return Lesions(
+        sigma=_rounded(rng.uniform(0.06, 0.16)),
+        contrast=_rounded(rng.uniform(0.15, 0.4)),
+        marker_corner=(site_index - 1) % 4,
+        marker_rate=(_rounded(rng.uniform(0.1, 0.25)), _rounded(rng.uniform(0.55, 0.75))),
+    )
+
+
 def _make_site(site_index: int, images_per_site: int, image_size: int, seed: int) -> Site:
-    """Site `site_index` (1-based): its size, prevalence and scanner, drawn from its own stream."""
+    """Site `site_index` (1-based): its size, prevalence, scanner and lesions, drawn from its own stream."""
     rng = _site_rng(seed, site_index, "profile")
     return Site(
         index=site_index,
         name=synthetic_site_name(site_index),
         institution=f"Synthetic Hospital {site_index}",
         num_images=max(1, round(images_per_site * rng.uniform(0.6, 1.4))),
-        prevalence=_rounded(rng.uniform(0.3, 0.6)),
+        prevalence=_rounded(rng.uniform(0.25, 0.6)),
         scanner=_make_scanner(rng, site_index, image_size),
+        lesions=_make_lesions(rng, site_index),
     )
 
 
@@ -175,20 +202,34 @@ def _anatomy(rng: np.random.Generator, y: np.ndarray, x: np.ndarray, lungs) -> n
     return 0.1 + 0.6 * body - 0.3 * lung_fields + bumps + rng.uniform(0.0, 0.08) * y
 
 
-def _lesion(rng: np.random.Generator, y: np.ndarray, x: np.ndarray, lungs) -> np.ndarray:
-    """A bright blob at a random spot inside one lung field."""
+def _lesion(rng: np.random.Generator, y: np.ndarray, x: np.ndarray, lungs, lesions: Lesions) -> np.ndarray:
+    """A bright blob at a random spot inside one lung field, of about the site's size and contrast."""
     cy, cx, ry, rx = lungs[rng.integers(len(lungs))]
     angle, reach = rng.uniform(0, 2 * np.pi), np.sqrt(rng.uniform(0, 0.6))
     centre = (cy + reach * ry * np.sin(angle), cx + reach * rx * np.cos(angle))
-    return rng.uniform(0.3, 0.6) * _gaussian(y, x, *centre, rng.uniform(0.1, 0.18))
+    height = lesions.contrast * rng.uniform(0.7, 1.3)
+    return height * _gaussian(y, x, *centre, lesions.sigma * rng.uniform(0.8, 1.25))
 
 
-def _make_film(rng: np.random.Generator, image_size: int, label: int) -> np.ndarray:
+def _marker(image_size: int, corner: int) -> np.ndarray:
+    """A bright square burned into one corner, an eighth of the film wide."""
+    mark = np.zeros((image_size, image_size))
+    side, margin = max(2, image_size // 8), max(1, image_size // 16)
+    near, far = slice(margin, margin + side), slice(image_size - margin - side, image_size - margin)
+    mark[near if corner < 2 else far, near if corner % 2 == 0 else far] = 0.8
+    return mark
+
+
+def _make_film(rng: np.random.Generator, image_size: int, label: int, lesions: Lesions) -> np.ndarray:
     """The noise-free film of one patient, in arbitrary tissue units around [0, 1]."""
     y, x = _grid(image_size)
     lungs = _lung_centres(rng)
     film = _anatomy(rng, y, x, lungs)
-    return film + _lesion(rng, y, x, lungs) if label else film
+    if label:
+        film = film + _lesion(rng, y, x, lungs, lesions)
+    if rng.random() < lesions.marker_rate[label]:
+        film = film + _marker(image_size, lesions.marker_corner)
+    return film
 
 
 def _make_patients(rng: np.random.Generator, site: Site, image_size: int) -> list[Patient]:
@@ -205,7 +246,7 @@ def _make_patients(rng: np.random.Generator, site: Site, image_size: int) -> lis
                 birth_date=birth.strftime("%Y%m%d"),
                 label=label,
                 num_images=num_images,
-                film=_make_film(rng, image_size, label),
+                film=_make_film(rng, image_size, label, site.lesions),
             )
         )
         remaining -= num_images
@@ -218,7 +259,7 @@ def _stored_pixels(rng: np.random.Generator, film: np.ndarray, scanner: Scanner)
     Tissue 0..1 maps to modality values -500..1000 on a neutral scanner; the header's
     rescale slope/intercept turn the stored values back into modality values.
     """
-    noisy = film + rng.normal(0.0, _NOISE_STD, size=film.shape)
+    noisy = film + rng.normal(0.0, scanner.noise_std, size=film.shape)
     modality_values = -500 + 1500 * (scanner.gain * noisy + scanner.shift)
     stored = np.rint((modality_values - scanner.rescale_intercept) / scanner.rescale_slope)
     return np.clip(stored, 0, _MAX_STORED).astype(np.uint16)
@@ -335,6 +376,7 @@ def _site_summary(site: Site, rows: list[dict], modalities: dict) -> dict:
         "prevalence": _rounded(positives / len(rows)),
         "target_prevalence": site.prevalence,
         "scanner": asdict(site.scanner),
+        "lesions": asdict(site.lesions),
         **modalities,
     }
 

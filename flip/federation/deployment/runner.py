@@ -201,5 +201,7 @@ def _mode_result(result: dict[str, Any], run_id: int, server_run_dir: str | None
         privacy=summary.get("privacy", {}),
         stop_reason=summary.get("stop_reason"),
         site_metrics=summary.get("site_metrics", {}),
+        cross_site=list(result.get("cross_site") or []),
+        evaluated=dict(summary.get("evaluated") or {}),
         manifest_extra={"flower_run_id": run_id, "server_run_dir": server_run_dir, "server_wall_time_s": summary.get("wall_time_s")},
     )

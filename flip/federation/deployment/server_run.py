@@ -26,6 +26,7 @@ from flip.audit.run_directory import SHIPPED_CONFIG, RunDirectory
 from flip.audit.verify import FILE_BYTES
 from flip.config.allowlist import AllowList, target_problems
 from flip.config.checks import strip_markers
+from flip.config.schema import job_of
 from flip.experiment.rules import rule_problems
 from flip.experiment.validate import schema_problems
 from flip.privacy.schema import SitePolicy
@@ -95,6 +96,22 @@ def resumed_run_dir(runs: Path, name: str, digest: str) -> Path:
     if manifest.get("config_sha256") != digest:
         raise FlipError(f"the server refuses to resume {name!r}: that run ran a different config")
     return run_dir
+
+
+def evaluated_checkpoint(runs: Path, cfg: DictConfig) -> Path | None:
+    """job=evaluate: the model a deployment evaluates is one of this server's runs (a run
+    directory, or a checkpoint inside one, named relative to its runs folder): a received config
+    never makes the server read a file elsewhere."""
+    if job_of(cfg) != "evaluate":
+        return None
+    name = str(cfg.evaluation.checkpoint)
+    path = (runs / name).resolve()
+    if runs.resolve() not in path.parents:
+        raise FlipError(
+            f"the server refuses to evaluate {name!r}: evaluation.checkpoint must name one of its runs, relative to its "
+            "runs folder (`flip runs` lists them)"
+        )
+    return path
 
 
 def _log_to(run_dir: Path, recipe: str) -> logging.Handler:
@@ -171,7 +188,8 @@ def serve_run(grid: Any, context: Any) -> None:
     def body(run_directory: RunDirectory):
         point = resume_point(cfg, run_dir) if resume else None
         log.info("serving %s across %s for %d rounds", recipe, ", ".join(site_names), cfg.federation.num_rounds)
-        serve(PollingGrid(grid), cfg, site_names, partial(server_side, cfg, run_directory, None), outcome, point, (text, digest))
+        checkpoint = evaluated_checkpoint(runs, cfg)
+        serve(PollingGrid(grid), cfg, site_names, partial(server_side, cfg, run_directory, None), outcome, point, (text, digest), checkpoint)
         extra["site_versions"] = outcome.site_versions
         result = federation_result(outcome)
         result.manifest_extra["seeds"] = run_seeds(cfg, site_names, result.rounds)
@@ -188,4 +206,5 @@ def serve_run(grid: Any, context: Any) -> None:
         handler.close()
     rows = [list(row) for row in outcome.keeper.table.rows] if outcome.keeper else []
     log.info("done in %.1f s; run directory %s", time.perf_counter() - started, run_dir)
-    print(RESULT_MARK + json.dumps({"summary": summary, "metrics": rows}, default=str), file=sys.stderr, flush=True)
+    cross_site = outcome.keeper.cross_site if outcome.keeper else []
+    print(RESULT_MARK + json.dumps({"summary": summary, "metrics": rows, "cross_site": cross_site}, default=str), file=sys.stderr, flush=True)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from flip.config.schema import BASELINE_MODES
 from flip.config.strategies import sites_per_round
 from flip.privacy.guarantee import Guarantee, Release
 from flip.privacy.mechanisms.rules import is_number, positive_problems
@@ -66,6 +67,9 @@ class Mechanism:
     uniform_weights: ClassVar[bool] = False
     # FEDERATION or SITES: whom the ledger charges its releases to; None: the server accounts none.
     charged_to: ClassVar[str | None] = None
+    # Whether a site's own model, as the site sends it, is all this mechanism promises about it, so
+    # that other sites may see it (evaluation.cross_site): no mechanism at all, or one at the site.
+    site_models_protected: ClassVar[bool] = False
 
     def __init__(self, plan: PrivacyPlan):
         self.plan = plan
@@ -80,11 +84,12 @@ class Mechanism:
         strategy = OmegaConf.to_container(cfg.strategy, resolve=True)
         secagg = privacy.get("secagg")
         problems = list(cls.value_problems(privacy))
-        if federation.mode == "local":
+        if federation.mode in BASELINE_MODES:
             if not cls.runs_locally:
                 problems.append(
-                    f"privacy.mechanism: {cls.name} protects what sites send to a server; a local run sends nothing "
-                    "(use federation=simulation, or privacy=dp_sgd for a private local model)"
+                    f"privacy.mechanism: {cls.name} protects what sites send to a server; a {federation.mode} run sends "
+                    "nothing (use federation=simulation, privacy=dp_sgd for a private local model, or privacy=none "
+                    "for a baseline without it)"
                 )
             if secagg is not None:
                 problems += SecAggPlus.local_problems()

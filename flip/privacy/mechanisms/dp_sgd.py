@@ -12,6 +12,7 @@ from typing import Any, Iterator, Optional
 
 from omegaconf import DictConfig
 
+from flip.config.schema import BASELINE_MODES
 from flip.privacy.guarantee import POISSON, Guarantee
 from flip.privacy.mechanisms.base import Mechanism, PrivacyConfig, SiteTraining
 from flip.privacy.mechanisms.rules import is_number
@@ -36,6 +37,7 @@ class SampleLevelDp(Mechanism):
     schema = DpSgdConfig
     is_dp = True
     runs_locally = True
+    site_models_protected = True
     positive = ("noise_multiplier", "clipping_norm", "max_epsilon", "target_epsilon")
     neighbours = "add_remove"
 
@@ -52,7 +54,7 @@ class SampleLevelDp(Mechanism):
     def training_problems(cls, cfg: DictConfig, strategy: dict[str, Any]) -> list[str]:
         """DP-SGD's optimizer replaces each gradient with its clipped, noised sum: nothing may edit it."""
         problems = []
-        if cfg.federation.mode != "local" and is_number(strategy.get("proximal_mu")) and strategy["proximal_mu"] > 0:
+        if cfg.federation.mode not in BASELINE_MODES and is_number(strategy.get("proximal_mu")) and strategy["proximal_mu"] > 0:
             problems.append(
                 "strategy.proximal_mu: FedProx's proximal term would be dropped by DP-SGD's optimizer "
                 "(privacy=dp_sgd); set it to 0 or use strategy=fedavg"

@@ -36,6 +36,7 @@ class LocalDp(Mechanism):
     positive = ("clipping_norm", "sensitivity", "epsilon", "max_epsilon")
     neighbours = "replace_one"
     charged_to = SITES
+    site_models_protected = True
 
     @classmethod
     def value_problems(cls, privacy: dict[str, Any]) -> Iterator[str]:

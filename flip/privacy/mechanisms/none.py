@@ -8,3 +8,4 @@ from flip.privacy.mechanisms.base import Mechanism
 class NoPrivacy(Mechanism):
     name = option = "none"
     runs_locally = True
+    site_models_protected = True

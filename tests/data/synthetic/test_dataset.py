@@ -46,7 +46,7 @@ def all_files(root: Path) -> dict[str, bytes]:
 def test_layout_has_one_folder_per_site_and_a_summary(dataset_dir):
     assert [p.name for p in site_dirs(dataset_dir)] == ["site-1", "site-2", "site-3"]
     summary = json.loads((dataset_dir / "dataset.json").read_text())
-    assert summary["generator_version"] == GENERATOR_VERSION == 3
+    assert summary["generator_version"] == GENERATOR_VERSION == 4
     assert summary["parameters"] == SMALL
     assert [site["name"] for site in summary["sites"]] == ["site-1", "site-2", "site-3"]
 
@@ -113,13 +113,34 @@ def test_sites_differ_in_size_and_prevalence(dataset_dir):
     assert len({site["prevalence"] for site in sites}) == len(sites)
 
 
-def test_lesion_films_are_brighter_than_clear_films_of_the_same_site(dataset_dir):
+def test_lesion_films_are_brighter_than_clear_films(dataset_dir):
+    """Lesions are faint (a site's own films vary more than that at 40 films), so over every site:
+    each film's brightness relative to its site's mean."""
+    differences = {"0": [], "1": []}
     for site_dir in site_dirs(dataset_dir):
-        means = {"0": [], "1": []}
-        for row in read_labels(site_dir):
-            ds = pydicom.dcmread(site_dir / row["path"])
-            means[row["label"]].append(apply_modality_lut(ds.pixel_array, ds).mean())
-        assert np.mean(means["1"]) > np.mean(means["0"])
+        rows = read_labels(site_dir)
+        films = [pydicom.dcmread(site_dir / row["path"]) for row in rows]
+        means = [apply_modality_lut(ds.pixel_array, ds).mean() for ds in films]
+        for row, mean in zip(rows, means):
+            differences[row["label"]].append(mean - np.mean(means))
+    assert np.mean(differences["1"]) > np.mean(differences["0"])
+
+
+def test_sites_differ_in_lesions_and_in_a_shortcut_of_their_own(dataset_dir):
+    """Each site marks its own corner, on more label 1 films than label 0 ones: a model of one site
+    can learn a cue that is absent at the others. The other corners stay at the film's background."""
+    sites = json.loads((dataset_dir / "dataset.json").read_text())["sites"]
+    assert len({(site["lesions"]["sigma"], site["lesions"]["contrast"]) for site in sites}) == len(sites)
+    assert [site["lesions"]["marker_corner"] for site in sites] == [0, 1, 2, 3][: len(sites)]
+    corners = [(slice(2, 6), slice(2, 6)), (slice(2, 6), slice(26, 30)), (slice(26, 30), slice(2, 6))]
+    for site, own in zip(sites, corners):
+        marked = {"0": [], "1": []}
+        for row in read_labels(dataset_dir / site["name"]):
+            ds = pydicom.dcmread(dataset_dir / site["name"] / row["path"])
+            pixels = apply_modality_lut(ds.pixel_array, ds)
+            others = [pixels[c].mean() for c in corners if c != own]
+            marked[row["label"]].append(pixels[own].mean() > max(others) + 0.3 * 1500 * site["scanner"]["gain"])
+        assert np.mean(marked["1"]) > np.mean(marked["0"]) + 0.2, site["name"]
 
 
 def test_same_seed_gives_identical_bytes_and_another_seed_does_not(tmp_path):

@@ -11,7 +11,7 @@ from tests.privacy.conftest import problems
 def test_mechanisms_that_need_a_server_refuse_a_local_run():
     assert config_problems(resolve_recipe("dicom_synthetic_local"), ["privacy=dp_server_fixed"]) == [
         "privacy.mechanism: dp_server_fixed protects what sites send to a server; a local run sends nothing "
-        "(use federation=simulation, or privacy=dp_sgd for a private local model)"
+        "(use federation=simulation, privacy=dp_sgd for a private local model, or privacy=none for a baseline without it)"
     ]
 
 
