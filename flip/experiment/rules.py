@@ -194,8 +194,10 @@ def _evaluation(cfg: DictConfig) -> list[str]:
     if job_of(cfg) == "evaluate" and mode == "pooled":
         problems.append("job: evaluate runs at one site (federation=local data.site=...) or at every site (federation=simulation), not pooled")
     if evaluation.cross_site:
-        if mode == "local":
+        if mode == "local" and cfg.federation.num_sites == 1:
             problems.append("evaluation.cross_site: compares the models of a federation's sites; a local run has one site")
+        elif mode in BASELINE_MODES:
+            pass  # a federated recipe's baseline trains one model: nothing to compare (flip.federation.baseline says so)
         elif job_of(cfg) == "evaluate":
             problems.append("evaluation.cross_site: an evaluation-only run trains no site models to compare; evaluate the checkpoint (job=evaluate) alone")
         else:
