@@ -72,6 +72,12 @@ def server_config(text: str, digest: str, settings: dict[str, Any]) -> DictConfi
         problems = rule_problems(cfg)
     if problems:
         raise FlipError(f"the server refuses this run: {'; '.join(problems)}")
+    uri = (cfg.get("logger") or {}).get("tracking_uri")
+    if uri and uri not in (settings.get("tracking_uris") or []):
+        raise FlipError(
+            f"the server refuses this run: logger.tracking_uri: {uri} is not one of the tracking URIs this server "
+            "reports to (tracking_uris in its settings) (rule: server tracking_uris)"
+        )
     if cfg.federation.mode != "deployment":
         raise FlipError(f"the server refuses this run: federation.mode is {cfg.federation.mode!r}, not 'deployment'")
     return cfg
