@@ -27,6 +27,9 @@ FAST_OVERRIDES = [
     "data.synthetic.image_size=32",
     "data.image_size=32",
     "data.batch_size=8",
+    # No tracker: the csv default loads Lightning in a federation's driver (tests/audit/test_tracking.py
+    # and the deployment test track on purpose; the smoke test runs every recipe with the default).
+    "logger=none",
 ]
 
 

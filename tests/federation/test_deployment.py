@@ -130,7 +130,7 @@ def _server_run_dir(local: Path) -> Path:
 
 
 def test_a_tls_federation_of_two_authenticated_sites_matches_the_simulation(federation, simulated, cleanup):
-    runner = federation.run(name="runner-match")
+    runner = federation.run("logger=csv", name="runner-match")  # the default tracker, on the server
     cleanup(runner)
     assert runner.finish(300) == 0, runner.output()[-3000:]
     (local,) = run_dirs(federation.folder / "runner-match")
