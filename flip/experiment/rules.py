@@ -23,6 +23,8 @@ from flip.privacy.schema import cross_site_privacy_problems, privacy_problems
 
 BY_SITE_SOURCES = ("folder", "column", "attribute")
 
+MAX_BOOTSTRAP = 10_000
+
 IMPLEMENTED_MODES = ("local", "pooled", "simulation", "deployment")
 
 
@@ -202,8 +204,8 @@ def _evaluation(cfg: DictConfig) -> list[str]:
             problems.append("evaluation.cross_site: an evaluation-only run trains no site models to compare; evaluate the checkpoint (job=evaluate) alone")
         else:
             problems += cross_site_privacy_problems(cfg.privacy)
-    if evaluation.bootstrap < 0:
-        problems.append(f"evaluation.bootstrap: must be 0 (no intervals) or a number of resamples, got {evaluation.bootstrap}")
+    if not 0 <= evaluation.bootstrap <= MAX_BOOTSTRAP:  # a site pays for every resample
+        problems.append(f"evaluation.bootstrap: must be 0 (no intervals) or a number of resamples up to {MAX_BOOTSTRAP}, got {evaluation.bootstrap}")
     if not 0 < evaluation.confidence < 1:
         problems.append(f"evaluation.confidence: must be in (0, 1), got {evaluation.confidence}")
     reported = set(cfg.model.get("metrics", []))
