@@ -16,6 +16,9 @@ if TYPE_CHECKING:  # torch loads on first use: the simulation driver starts Flow
     import torch
 
 METRICS_COLUMNS = ("round", "site", "split", "metric", "value")
+# The `site` of a federated run's rows about the global model: the sites' aggregate, the server's own evaluation.
+FEDERATED = "federated"
+SERVER = "server"
 # A metric's interval bounds (evaluation.bootstrap) are `<metric>_ci_low` and `<metric>_ci_high`.
 CI_LOW, CI_HIGH = "ci_low", "ci_high"
 

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from flip.audit.record import RunRecord, record_run
 from flip.audit.run_directory import RECIPE_COPY, RunDirectory, read_overrides
+from flip.audit.trackers import missing_package
 from flip.audit.verify import RESOLVED_YAML
 from flip.config.allowlist import AllowList, entry_problems, target_problems
 from flip.config.schema import BASELINE_MODES, job_of
@@ -76,6 +77,10 @@ def check_config(cfg: DictConfig) -> None:
         from flip.local import checked_checkpoint
 
         checked_checkpoint(cfg)  # here, not after the sites started: a missing or unfit checkpoint
+    tracker = container.get("logger") or {}
+    missing = missing_package(str(tracker.get("kind"))) if cfg.federation.mode != "deployment" else None
+    if missing:  # this machine tracks a local run or a simulation (a deployment's server tracks its own)
+        problems.append(f"logger: {missing}")
     if problems:
         raise ConfigError(problems)
 
@@ -90,6 +95,7 @@ def run(cfg: DictConfig, run_dir: Path, recipe: Path | None = None, resume: bool
     mode = cfg.federation.mode
     if resume and mode in BASELINE_MODES:
         raise FlipError(f"--resume continues a federated run; a {mode} run has no rounds to resume")
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     record = RunRecord(
         mode=mode,
         config_sha256=config_sha256(cfg),
@@ -98,10 +104,12 @@ def run(cfg: DictConfig, run_dir: Path, recipe: Path | None = None, resume: bool
         recipe=recipe,
         resumed=resume,
         manifest_extra={
-            "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+            "config": config,
             "config_file": {"path": ".hydra/config.yaml", "hash": RESOLVED_YAML},
             "overrides": read_overrides(run_dir),
         },
+        # A deployment is tracked by its server, which writes the rounds and holds the model.
+        tracker=None if mode == "deployment" else config.get("logger"),
     )
     runner = RUNNERS[mode]
     body = partial(runner, cfg, resume=True) if resume else partial(runner, cfg)

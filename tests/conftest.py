@@ -27,6 +27,9 @@ FAST_OVERRIDES = [
     "data.synthetic.image_size=32",
     "data.image_size=32",
     "data.batch_size=8",
+    # No tracker: the csv default loads Lightning in a federation's driver (tests/audit/test_tracking.py
+    # and the deployment test track on purpose; the smoke test runs every recipe with the default).
+    "logger=none",
 ]
 
 
@@ -125,10 +128,15 @@ def flip_cli(cwd: Path, *args: str, timeout: float = 600) -> "subprocess.Complet
 
 def flip_run_dir(cwd: Path, *args: str) -> Path:
     """`flip run ARGS` in `cwd`; the run directory it made (under cwd/runs), once it succeeded."""
-    before = set((cwd / "runs").rglob("manifest.json"))
+    from flip.audit.run_directory import in_trackers
+
+    def manifests() -> set[Path]:  # a tracker's local store in logs/ keeps copies of the records
+        return {path for path in (cwd / "runs").rglob("manifest.json") if not in_trackers(path)}
+
+    before = manifests()
     result = flip_cli(cwd, "run", *args)
     assert result.returncode == 0, result.stderr[-3000:]
-    (manifest,) = set((cwd / "runs").rglob("manifest.json")) - before
+    (manifest,) = manifests() - before
     return manifest.parent
 
 
@@ -140,10 +148,17 @@ SIMULATION_OVERRIDES = ["dicom_synthetic_fedavg", *FAST_OVERRIDES, "federation.n
                         "federation.server_eval_site=site-3"]
 
 
+# The session's runs are tracked, and tests/audit/test_tracking.py reads the trackers back: the
+# local run into an MLflow store in its run directory (its model registered), the simulation
+# with TensorBoard.
+LOCAL_TRACKER = ["logger=mlflow", "logger.register_model=flip-local"]
+SIMULATION_TRACKER = ["logger=tensorboard"]
+
+
 @pytest.fixture(scope="session")
 def local_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One real local run of the default recipe (tests that change it work on a copy)."""
-    return flip_run_dir(tmp_path_factory.mktemp("local-run"), *FAST_OVERRIDES)
+    return flip_run_dir(tmp_path_factory.mktemp("local-run"), *FAST_OVERRIDES, *LOCAL_TRACKER)
 
 
 @pytest.fixture(scope="session")
@@ -152,14 +167,16 @@ def simulation_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     the label-skew options on (kept optimizer state goes through Flower's per-node state) and
     cross-site evaluation after the last round."""
     cwd = tmp_path_factory.mktemp("simulation-run")
-    return flip_run_dir(cwd, CROSS_SITE_RECIPE, *SIMULATION_OVERRIDES[1:], *SIMULATION_EXTRA)
+    return flip_run_dir(cwd, CROSS_SITE_RECIPE, *SIMULATION_OVERRIDES[1:], *SIMULATION_EXTRA, *SIMULATION_TRACKER)
 
 
 @pytest.fixture(scope="session")
 def local_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real 2-job sweep (seed=0,1) of local runs: its sweep directory."""
+    """A real 2-job sweep (seed=0,1) of local runs: its sweep directory. Both jobs are tracked in
+    one MLflow store beside it, `mlflow.db`."""
     cwd = tmp_path_factory.mktemp("sweep")
-    result = flip_cli(cwd, "run", *FAST_OVERRIDES, "-m", "seed=0,1")
+    tracker = ["logger=mlflow", f"logger.tracking_uri=sqlite:///{cwd / 'mlflow.db'}"]
+    result = flip_cli(cwd, "run", *FAST_OVERRIDES, *tracker, "-m", "seed=0,1")
     assert result.returncode == 0, result.stderr[-3000:]
     (multirun,) = (cwd / "runs").rglob("multirun.yaml")
     return multirun.parent

@@ -235,7 +235,7 @@ def test_evaluation_settings_and_metrics_that_do_not_fit_the_task_are_listed():
     ]
     problems = config_problems(resolve_recipe(None), ["evaluation.bootstrap=-1", "evaluation.confidence=1.5"])
     assert problems == [
-        "evaluation.bootstrap: must be 0 (no intervals) or a number of resamples, got -1",
+        "evaluation.bootstrap: must be 0 (no intervals) or a number of resamples up to 10000, got -1",
         "evaluation.confidence: must be in (0, 1), got 1.5",
     ]
     multiclass = "++evaluation.metrics={kappa: {_target_: torchmetrics.classification.MulticlassAUROC, num_classes: 3}}"

@@ -25,6 +25,8 @@ from flip.audit.run_directory import (
     read_events,
 )
 from flip.results import CROSS_SITE_COLUMNS, CROSS_SITE_CSV, CROSS_SITE_PNG, cross_site_headline, model_sha256
+from flip.audit.tracking import Tracker, start_tracking
+from flip.config.schema import BASELINE_MODES
 from flip.run_types import ModeResult, SiteReport
 
 
@@ -43,6 +45,8 @@ class RunRecord:
     manifest_extra: dict[str, Any] = field(default_factory=dict)
     # Continue the records of a run that stopped (the manifest keeps its start and lists resumes).
     resumed: bool = False
+    # The resolved `logger` node: the tracker that mirrors this run (None: no tracker here).
+    tracker: dict[str, Any] | None = None
 
 
 def _manifest(run_dir: Path, record: RunRecord) -> dict[str, Any]:
@@ -65,13 +69,15 @@ def record_run(directory: RunDirectory, record: RunRecord, body: Callable[[RunDi
 
     A failure or an interrupt is written to the manifest (`failed` with the error, or
     `interrupted`) and raised again. The completed manifest ends with the sha256 of every other
-    file in the directory, so nothing is written into it afterwards.
+    file in the directory, so nothing is written into it afterwards (but in `logs/`: the run's
+    tracker, `record.tracker`, adds the sealed manifest last).
     """
     run_dir = directory.path
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = _manifest(run_dir, record)
     manifest["status"] = "running"
     directory.write_json(MANIFEST, manifest)
+    tracker = _tracker(directory, record)
     directory.emit(RUN_STARTED, mode=record.mode, config_sha256=record.config_sha256, seed=record.seed, resumed=record.resumed)
     started = time.perf_counter()
     try:
@@ -83,6 +89,9 @@ def record_run(directory: RunDirectory, record: RunRecord, body: Callable[[RunDi
         directory.emit(RUN_ENDED, status=status, error=manifest["error"])
         manifest["environment"] = run_environment()
         directory.write_json(MANIFEST, manifest)
+        if tracker is not None:
+            tracker.finish(status)
+            tracker.close(status)
         raise
     wall_time = time.perf_counter() - started
 
@@ -92,11 +101,10 @@ def record_run(directory: RunDirectory, record: RunRecord, body: Callable[[RunDi
     for name, png in plot_files(result.table.rows, record.monitor, result.score_counts.get("test")).items():
         directory.write_bytes(name, png)
     cross_site = write_cross_site(directory, result.cross_site, [site.site for site in result.sites])
-    recipe = record.recipe.stem if record.recipe else record.recipe_name
     summary = {
         "mode": record.mode,
         "job": "evaluate" if result.evaluated else "train",
-        "recipe": recipe,
+        "recipe": _recipe_name(record),
         "status": "completed",
         "config_sha256": record.config_sha256,
         "model_sha256": result.model_sha256,
@@ -119,6 +127,8 @@ def record_run(directory: RunDirectory, record: RunRecord, body: Callable[[RunDi
         summary["cross_site"] = cross_site
     directory.write_json(SUMMARY, summary)
     directory.emit(RUN_ENDED, status="completed", rounds=result.rounds, model_sha256=result.model_sha256, metrics=result.metrics)
+    if tracker is not None:
+        tracker.finish("completed")  # it may log: before the run's log file is sealed
     manifest.update(record.manifest_extra)  # the body may have added to it (e.g. the sites' versions)
     manifest.update(result.manifest_extra)
     manifest.update(
@@ -132,7 +142,21 @@ def record_run(directory: RunDirectory, record: RunRecord, body: Callable[[RunDi
     )
     manifest["files"] = directory.file_hashes()
     directory.write_json(MANIFEST, manifest)
+    if tracker is not None:  # the sealed manifest; it writes only under logs/, which is not sealed
+        tracker.close("completed")
     return summary
+
+
+def _tracker(directory: RunDirectory, record: RunRecord) -> Tracker | None:
+    config = record.manifest_extra.get("config") or {}
+    tags = {"flip.mode": record.mode, "flip.config_sha256": record.config_sha256, "flip.seed": record.seed,
+            "flip.recipe": _recipe_name(record), "flip.run_dir": str(directory.path.resolve())}
+    local = record.mode in BASELINE_MODES  # one model trained here: its metrics are the run's own
+    return start_tracking(record.tracker, directory, local=local, recipe=_recipe_name(record), tags=tags, params=config)
+
+
+def _recipe_name(record: RunRecord) -> str | None:
+    return record.recipe.stem if record.recipe else record.recipe_name
 
 
 def write_cross_site(directory: RunDirectory, rows: list[dict[str, Any]], site_names: list[str]) -> dict[str, Any]:

@@ -36,6 +36,9 @@ SITE_MODELS = "sites"  # under checkpoints/: each site's last local model (evalu
 SHIPPED_CONFIG = "shipped_config.json"
 # A copy of the recipe as it was, for when the original moves or changes (`flip audit reproduce`).
 RECIPE_COPY = "recipe.yaml"
+# Trackers' own output (Lightning loggers, a local MLflow store): a mirror of the records, which a
+# tracker may still change after the manifest is sealed, so the manifest does not list it.
+TRACKERS = "logs"
 
 # What an event says happened; its other fields depend on the kind.
 RUN_STARTED, ROUND_ENDED, SITE_FAILED, RUN_ENDED = "run_started", "round_ended", "site_failed", "run_ended"
@@ -131,12 +134,8 @@ class RunDirectory:
         table.write_csv(self.path / METRICS)
 
     def file_hashes(self) -> dict[str, str]:
-        """sha256 of every file in the directory but the manifest, by relative POSIX path."""
-        return {
-            relative: file_sha256(self.path / relative)
-            for relative in sorted(path.relative_to(self.path).as_posix() for path in self.path.rglob("*") if path.is_file())
-            if relative != MANIFEST
-        }
+        """sha256 of every file in the directory but the manifest and the trackers' own, by relative POSIX path."""
+        return {relative: file_sha256(self.path / relative) for relative in sealed_files(self.path)}
 
 
 # -- readers
@@ -147,6 +146,12 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     import torch
 
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def sealed_files(run_dir: Path) -> list[str]:
+    """The files a completed manifest lists (relative POSIX paths): all but itself and `logs/`."""
+    relatives = sorted(path.relative_to(run_dir).as_posix() for path in run_dir.rglob("*") if path.is_file())
+    return [relative for relative in relatives if relative != MANIFEST and not relative.startswith(f"{TRACKERS}/")]
 
 
 def is_plain_name(name: str) -> bool:
@@ -221,6 +226,11 @@ def read_overrides(run_dir: Path) -> list[str]:
     return [str(item) for item in items]
 
 
+def in_trackers(path: Path) -> bool:
+    """Whether `path` lies in a run directory's `logs/` (a local MLflow store copies the records there)."""
+    return any(parent.name == TRACKERS and is_run_dir(parent.parent) for parent in path.parents)
+
+
 def find_run_dirs(paths: list[Path], marker: str = SUMMARY) -> list[Path]:
     """Every run directory (a folder with `marker`) at or below `paths` (a run, a sweep, a folder
     of them), in natural order."""
@@ -233,7 +243,7 @@ def find_run_dirs(paths: list[Path], marker: str = SUMMARY) -> list[Path]:
     for path in map(Path, paths):
         if not path.is_dir():
             raise FlipError(f"not a directory: {path}")
-        matches = {file.parent.resolve() for file in path.rglob(marker)}
+        matches = {file.parent.resolve() for file in path.rglob(marker) if not in_trackers(file)}
         if not matches:
             raise FlipError(f"no run directory (a folder with {marker}) found under {path}")
         found |= matches

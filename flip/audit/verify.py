@@ -29,6 +29,7 @@ from flip.audit.run_directory import (
     read_manifest,
     read_summary,
     round_checkpoint,
+    sealed_files,
 )
 from flip.errors import FlipError
 from flip.results import config_sha256, model_sha256
@@ -93,8 +94,7 @@ def _check_files(run_dir: Path, files: dict[str, str], verdict: Verdict) -> None
             verdict.failures.append(f"{relative}: missing")
         elif file_sha256(path) != recorded:
             verdict.failures.append(f"{relative}: changed since the run (sha256 differs from the manifest's)")
-    present = {path.relative_to(run_dir).as_posix() for path in run_dir.rglob("*") if path.is_file()}
-    for extra in sorted(present - set(files) - {MANIFEST}):
+    for extra in sorted(set(sealed_files(run_dir)) - set(files)):
         verdict.failures.append(f"{extra}: not in the manifest (added after the run)")
     verdict.checked.append(f"{len(files)} file hashes")
 

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING, SI
 
 from flip.config.schema_deployment import DeploymentFederationConfig
+from flip.config.schema_trackers import SCHEMAS as TRACKER_SCHEMAS
 
 SCHEMA_MARKER = "_schema_"
 
@@ -71,6 +72,8 @@ class FlipConfig:
     privacy: Any = MISSING
     strategy: Any = MISSING
     partition: Any = MISSING
+    # The tracker that mirrors the run (conf/logger/): none, csv, tensorboard or mlflow.
+    logger: Any = MISSING
 
 
 @dataclass
@@ -171,6 +174,7 @@ SCHEMAS: Dict[str, type] = {
     "federation/simulation": SimulationFederationConfig,
     "federation/deployment": DeploymentFederationConfig,
     "partition/partition": PartitionConfig,
+    **TRACKER_SCHEMAS,
 }
 
 

@@ -72,6 +72,9 @@ class ServerSettingsConfig:
     poll_s: float = 0.2
     # Data keys (root, cache_dir) of the data the server holds for `federation.server_eval_site`.
     data: Dict[str, Any] = field(default_factory=dict)
+    # MLflow tracking URIs a run may make this server report to (logger.tracking_uri, exact); a
+    # tracker that writes under the run directory (csv, tensorboard, a local MLflow store) needs none.
+    tracking_uris: List[str] = field(default_factory=list)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from flip.config.schema import BASELINE_MODES, job_of
 from flip.config.schema_deployment import deployment_problems
+from flip.config.schema_trackers import tracker_problems
 from flip.config.strategies import strategy_problems
 from flip.data.fhir import schema as fhir
 from flip.data.multimodal import schema as multimodal
@@ -21,6 +22,8 @@ from flip.results import is_interval
 from flip.privacy.schema import cross_site_privacy_problems, privacy_problems
 
 BY_SITE_SOURCES = ("folder", "column", "attribute")
+
+MAX_BOOTSTRAP = 10_000
 
 IMPLEMENTED_MODES = ("local", "pooled", "simulation", "deployment")
 
@@ -181,6 +184,10 @@ def _modalities(cfg: DictConfig) -> list[str]:
     return []
 
 
+def _tracker(cfg: DictConfig) -> list[str]:
+    return tracker_problems(cfg.get("logger"))
+
+
 def _evaluation(cfg: DictConfig) -> list[str]:
     evaluation, mode = cfg.evaluation, cfg.federation.mode
     problems = []
@@ -189,14 +196,16 @@ def _evaluation(cfg: DictConfig) -> list[str]:
     if job_of(cfg) == "evaluate" and mode == "pooled":
         problems.append("job: evaluate runs at one site (federation=local data.site=...) or at every site (federation=simulation), not pooled")
     if evaluation.cross_site:
-        if mode == "local":
+        if mode == "local" and cfg.federation.num_sites == 1:
             problems.append("evaluation.cross_site: compares the models of a federation's sites; a local run has one site")
+        elif mode in BASELINE_MODES:
+            pass  # a federated recipe's baseline trains one model: nothing to compare (flip.federation.baseline says so)
         elif job_of(cfg) == "evaluate":
             problems.append("evaluation.cross_site: an evaluation-only run trains no site models to compare; evaluate the checkpoint (job=evaluate) alone")
         else:
             problems += cross_site_privacy_problems(cfg.privacy)
-    if evaluation.bootstrap < 0:
-        problems.append(f"evaluation.bootstrap: must be 0 (no intervals) or a number of resamples, got {evaluation.bootstrap}")
+    if not 0 <= evaluation.bootstrap <= MAX_BOOTSTRAP:  # a site pays for every resample
+        problems.append(f"evaluation.bootstrap: must be 0 (no intervals) or a number of resamples up to {MAX_BOOTSTRAP}, got {evaluation.bootstrap}")
     if not 0 < evaluation.confidence < 1:
         problems.append(f"evaluation.confidence: must be in (0, 1), got {evaluation.confidence}")
     reported = set(cfg.model.get("metrics", []))
@@ -211,7 +220,7 @@ def _evaluation(cfg: DictConfig) -> list[str]:
 RULES: tuple[Callable[[DictConfig], list[str]], ...] = (
     _evaluation,
     _mode, privacy_problems, _metrics, models.rules, _splits, _data_source, _positive, _federation, _sites, _partition,
-    text.rules, text_model_problems, fhir.rules, multimodal.rules, _modalities,
+    text.rules, text_model_problems, fhir.rules, multimodal.rules, _modalities, _tracker,
 )
 
 

@@ -66,6 +66,8 @@ def unused_keys(cfg: DictConfig) -> list[str]:
     unused = [f"federation.{key}" for key in UNUSED_KEYS if cfg.federation.get(key) != defaults[key]]
     if cfg.federation.num_sites > 1 or cfg.federation.mode == "pooled":
         unused.insert(0, f"strategy ({cfg.strategy._target_.rsplit('.', 1)[-1]}: one optimizer trains one model)")
+        if cfg.get("evaluation") is not None and cfg.evaluation.cross_site:
+            unused.append("evaluation.cross_site (one model: its per-site metrics are in site_metrics)")
     return unused
 
 

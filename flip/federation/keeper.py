@@ -15,7 +15,7 @@ from rich.progress import Progress
 from flip.audit.run_directory import ROUND_ENDED, SITE_FAILED, RunDirectory
 from flip.privacy.accounting import PrivacyLedger
 from flip.pooled_metrics import BINS, auroc as pooled_auroc
-from flip.results import MetricsTable, is_interval, model_sha256
+from flip.results import FEDERATED, SERVER, MetricsTable, is_interval, model_sha256
 from flip.run_types import SiteReport
 
 if TYPE_CHECKING:  # loads on first use: the simulation driver starts Flower before it
@@ -25,8 +25,6 @@ log = logging.getLogger(__name__)
 # A site's evaluate reply may carry its score counts per bin and class (flip.pooled_metrics).
 SCORE_COUNTS = "score-counts"
 COUNT_KINDS = ("positives", "negatives")
-FEDERATED = "federated"
-SERVER = "server"
 PRIVACY = "privacy"
 
 

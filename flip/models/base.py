@@ -35,7 +35,10 @@ def label_log_prior(datamodule: Any, num_classes: int) -> torch.Tensor:
     datasets = getattr(datamodule, "datasets", None) or {}
     if "train" not in datasets:
         raise ValueError("model.logit_adjustment needs a flip data module: it reads the training split's label counts")
-    counts = torch.bincount(datasets["train"].tensors[-1], minlength=num_classes).double() + 1.0
+    train = datasets["train"]
+    parts = getattr(train, "datasets", [train])  # a pooled baseline's: every site's split, concatenated
+    labels = torch.cat([part.tensors[-1] for part in parts])
+    counts = torch.bincount(labels, minlength=num_classes).double() + 1.0
     return (counts / counts.sum()).log().float()
 
 

@@ -51,6 +51,7 @@ def test_resolving_reads_attributes_without_running_them():
 
 
 def test_placement_names_every_stray_hydra_key():
+    slots = ", ".join([*SLOTS, "evaluation.metrics.<name>"])
     config = {
         "model": {"_target_": "flip.models.image.ImageClassifier", "_partial_": True,
                   "optimizer": {"_target_": "torch.optim.SGD", "_partial_": True, "kw": {"_target_": "x.y"}}},
@@ -60,9 +61,9 @@ def test_placement_names_every_stray_hydra_key():
     assert placement_problems(config) == [
         "model._partial_: a model takes no _partial_ (rule: component slots)",
         "model.optimizer.kw._target_: _target_ is only allowed where a component is configured "
-        f"({', '.join(SLOTS)}), not inside other settings (rule: component slots)",
+        f"({slots}), not inside other settings (rule: component slots)",
         "trainer._convert_: _convert_ is only allowed where a component is configured "
-        f"({', '.join(SLOTS)}), not inside other settings (rule: component slots)",
+        f"({slots}), not inside other settings (rule: component slots)",
         "data._recursive_: must be false, got True (rule: component slots)",
     ]
 

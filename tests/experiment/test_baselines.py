@@ -10,7 +10,8 @@ from flip.experiment.validate import config_problems, validate
 from flip.federation.baseline import baseline_sites, trainer_length, unused_keys
 from tests.conftest import FAST_OVERRIDES, recipe_files
 
-FEDERATED = [recipe for recipe in recipe_files() if "override federation: simulation" in recipe.read_text()]
+# Federated recipes that train (an evaluation-only recipe has no baseline: it trains nothing).
+FEDERATED = [r for r in recipe_files() if "override federation: simulation" in r.read_text() and "\njob: evaluate" not in r.read_text()]
 # Its mechanism protects what sites send to a server, and flip never drops a privacy setting
 # silently: it has no baseline of its own (tests/benchmarks/recipe_results.py uses its twin's).
 SERVER_PRIVACY = {"fhir_synthetic_fedavg_secagg_dp"}

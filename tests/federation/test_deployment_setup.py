@@ -159,3 +159,37 @@ def test_a_site_with_the_wrong_ca_is_told_so_in_one_line(certs, tmp_path):
     finally:
         thread.join(10)
         listener.close()
+
+
+def test_the_server_reports_only_to_the_tracking_uris_its_settings_list(tmp_path):
+    """A received config must not make the server connect anywhere its own settings do not allow."""
+    from flip.experiment.compose import compose_recipe
+    from flip.experiment.recipes import resolve_recipe
+    from flip.federation.deployment.server_run import server_config
+    from flip.federation.shipping import pack_config
+    from tests.federation.deployment_helpers import deployment_overrides
+
+    uri = "http://tracker.example.org:5000"
+    overrides = [*deployment_overrides(9092, tmp_path / "ca.pem", 1), "logger=mlflow", f"logger.tracking_uri={uri}"]
+    text, digest = pack_config(compose_recipe(resolve_recipe("dicom_synthetic_fedavg"), overrides))
+    with pytest.raises(FlipError, match=rf"logger.tracking_uri: {uri} is not one of the tracking URIs this server reports to"):
+        server_config(text, digest, {})
+    assert server_config(text, digest, {"tracking_uris": [uri]}).logger.tracking_uri == uri
+
+
+def test_a_deployment_evaluates_only_a_run_inside_the_servers_runs_folder(tmp_path):
+    from omegaconf import OmegaConf
+
+    from flip.federation.deployment.server_run import evaluated_checkpoint
+
+    runs = tmp_path / "runs"
+    (runs / "2026-12-05" / "10-00-00_x").mkdir(parents=True)
+
+    def asked(path: str) -> Path | None:
+        return evaluated_checkpoint(runs, OmegaConf.create({"job": "evaluate", "evaluation": {"checkpoint": path}}))
+
+    assert asked("2026-12-05/10-00-00_x") == (runs / "2026-12-05" / "10-00-00_x").resolve()
+    for hostile in (str(tmp_path), "../runs-elsewhere", "2026-12-05/../../secret.ckpt", "/etc/passwd"):
+        with pytest.raises(FlipError, match="evaluation.checkpoint must name one of its runs"):
+            asked(hostile)
+    assert evaluated_checkpoint(runs, OmegaConf.create({"job": "train", "evaluation": {"checkpoint": "/etc/passwd"}})) is None

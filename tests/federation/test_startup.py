@@ -1,6 +1,6 @@
 """The simulation driver starts Flower before it loads torch or Lightning, and needs no Lightning
-at all unless it evaluates itself: the initial model comes from a site's handshake, which loads
-the training code."""
+at all unless it evaluates itself or tracks the run (a tracker opens once round 1 is in): the
+initial model comes from a site's handshake, which loads the training code."""
 
 import json
 import subprocess
@@ -40,7 +40,7 @@ def test_a_run_without_server_evaluation_never_loads_lightning_in_the_driver(tmp
     from flip.results import model_sha256
 
     args = ["run", "dicom_synthetic_fedavg", *FAST_OVERRIDES, "federation.num_sites=2", "federation.num_rounds=1",
-            "federation.server_eval_site=null"]
+            "federation.server_eval_site=null", "logger=none"]
     assert loaded_after(f"from flip.cli import main; assert main({args!r}) == 0", cwd=tmp_path) == {"torch"}
     # The checkpoints the server wrote without Lightning load in it, as the weights the summary names.
     (summary,) = tmp_path.glob("runs/*/*/summary.json")

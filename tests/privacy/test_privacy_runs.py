@@ -87,5 +87,5 @@ def test_add_remove_run_poisson_samples_its_sites_and_accounts_every_round(tmp_p
     assert [row["round"] for row in rows if row["metric"] == "epsilon"] == [str(r) for r in range(1, rounds + 1)]
     # The privacy spent per round is plotted beside the metrics.
     plots = summary_path.parent / "plots"
-    assert sorted(path.name for path in plots.iterdir()) == ["loss.png", "monitor.png", "privacy.png", "roc.png"]
+    assert sorted(path.name for path in plots.iterdir()) == ["calibration.png", "loss.png", "monitor.png", "privacy.png", "roc.png"]
     assert all(path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for path in plots.iterdir())

@@ -46,6 +46,7 @@ class ServerPlan:
     public_names: list[str] = field(default_factory=list)
     poll_s: float = 0.2
     data: dict[str, Any] = field(default_factory=dict)
+    tracking_uris: list[str] = field(default_factory=list)
 
     @property
     def address(self) -> str:
@@ -99,6 +100,7 @@ def load_server_plan(config: Path | None = None, **given: Any) -> ServerPlan:
         public_names=list(raw.get("public_names") or []),
         poll_s=float(raw.get("poll_s", 0.2)),
         data=dict(raw.get("data") or {}),
+        tracking_uris=[str(uri) for uri in raw.get("tracking_uris") or []],
     )
     if raw.get("insecure"):
         plan.authenticate_sites = False
@@ -151,6 +153,7 @@ class FlipServer:
                 "runs_dir": str(plan.runs_dir),
                 "allowed_targets": plan.allowed_targets,
                 "data": plan.data,
+                "tracking_uris": plan.tracking_uris,
                 "address": plan.address,
                 "local_address": plan.local_address,
                 "ca_certificate": str(plan.ca) if plan.ca else None,

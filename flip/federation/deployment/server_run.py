@@ -72,6 +72,12 @@ def server_config(text: str, digest: str, settings: dict[str, Any]) -> DictConfi
         problems = rule_problems(cfg)
     if problems:
         raise FlipError(f"the server refuses this run: {'; '.join(problems)}")
+    uri = (cfg.get("logger") or {}).get("tracking_uri")
+    if uri and uri not in (settings.get("tracking_uris") or []):
+        raise FlipError(
+            f"the server refuses this run: logger.tracking_uri: {uri} is not one of the tracking URIs this server "
+            "reports to (tracking_uris in its settings) (rule: server tracking_uris)"
+        )
     if cfg.federation.mode != "deployment":
         raise FlipError(f"the server refuses this run: federation.mode is {cfg.federation.mode!r}, not 'deployment'")
     return cfg
@@ -182,6 +188,7 @@ def serve_run(grid: Any, context: Any) -> None:
         recipe_sha256=str(run_config.get("flip-recipe-sha256", "")) or None,
         manifest_extra=extra,
         resumed=bool(resume),
+        tracker=extra["config"].get("logger"),  # the server tracks a deployment; sites never do
     )
 
     def body(run_directory: RunDirectory):
