@@ -156,9 +156,15 @@ def new_tag() -> str:
     return uuid.uuid4().hex
 
 
+# The recipe keeps each site's optimizer state between rounds, which a resumed run cannot restore:
+# these runs start afresh each round, so any of them can be stopped and resumed exactly.
+RESUMABLE = "federation.keep_optimizer_state=false"
+
+
 def deployment_overrides(port: int, ca: Path, rounds: int) -> list[str]:
     return [
         *FAST_OVERRIDES,
+        RESUMABLE,
         "federation=deployment",
         f"federation.superlink=127.0.0.1:{port}",
         f"federation.root_certificates={ca}",
@@ -169,7 +175,7 @@ def deployment_overrides(port: int, ca: Path, rounds: int) -> list[str]:
 
 
 def simulation_overrides(rounds: int) -> list[str]:
-    return [*FAST_OVERRIDES, "federation.num_sites=2", f"federation.num_rounds={rounds}", "federation.server_eval_site=null"]
+    return [*FAST_OVERRIDES, RESUMABLE, "federation.num_sites=2", f"federation.num_rounds={rounds}", "federation.server_eval_site=null"]
 
 
 def site_file(folder: Path, name: str, port: int, certs: Path, runtime_port: int, **extra: object) -> Path:

@@ -84,7 +84,8 @@ def test_a_site_can_carry_its_optimizer_state_into_its_next_round(cfg):
     assert _distance(carried.state, fresh.state) > 0
     steps = torch.load(io.BytesIO(carried.optimizer_state), weights_only=True)[0]["step"]
     assert float(steps) == 2 * float(moments[0]["step"])  # Adam counted on from round 1
-    assert train_round(*at_site(cfg, 0), global_state, server_round=1).optimizer_state is None  # off by default
+    off_cfg = validate(resolve_recipe("dicom_synthetic_fedavg"), [*SIM, "federation.keep_optimizer_state=false"])
+    assert train_round(*at_site(off_cfg, 0), global_state, server_round=1).optimizer_state is None  # off: nothing kept
 
 
 def test_logit_adjustment_trains_on_the_sites_own_label_prior(cfg):
