@@ -24,6 +24,8 @@ from flip.privacy.schema import cross_site_privacy_problems, privacy_problems
 BY_SITE_SOURCES = ("folder", "column", "attribute")
 
 MAX_BOOTSTRAP = 10_000
+# Integer arguments of an evaluation metric (bins, classes, thresholds): what a site allocates.
+MAX_METRIC_ARGUMENT = 10_000
 
 IMPLEMENTED_MODES = ("local", "pooled", "simulation", "deployment")
 
@@ -209,6 +211,10 @@ def _evaluation(cfg: DictConfig) -> list[str]:
     if not 0 < evaluation.confidence < 1:
         problems.append(f"evaluation.confidence: must be in (0, 1), got {evaluation.confidence}")
     reported = set(cfg.model.get("metrics", []))
+    for name, node in evaluation.metrics.items():  # a site allocates what the arguments ask (bins, classes)
+        for key, value in (node.items() if isinstance(node, DictConfig) else ()):
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_METRIC_ARGUMENT:
+                problems.append(f"evaluation.metrics.{name}.{key}: at most {MAX_METRIC_ARGUMENT}, got {value}")
     for name in evaluation.metrics:
         if not str(name).isidentifier() or is_interval(str(name)):
             problems.append(f"evaluation.metrics.{name}: a metric's name must be a plain identifier not ending in _ci_low/_ci_high")

@@ -145,6 +145,11 @@ HOSTILE: list[Hostile] = [
         _set("evaluation.metrics", {"evil": {"_target_": "torchmetrics.classification.auroc"}}),
     ),
     Hostile(
+        "a_metric_that_allocates_a_billion_bins",
+        ("evaluation.metrics.ece.n_bins: at most 10000, got 1000000000",),
+        _set("evaluation.metrics", {"ece": {"_target_": "torchmetrics.classification.BinaryCalibrationError", "n_bins": 10**9}}),
+    ),
+    Hostile(
         "a_component_nested_inside_a_metric",
         ("evaluation.metrics.ok.inner._target_: _target_ is only allowed where a component is configured", SLOTS),
         _set("evaluation.metrics", lambda s: {"ok": {"_target_": "torchmetrics.classification.BinaryAccuracy",
